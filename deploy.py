@@ -1,0 +1,38 @@
+"""kubesmith's deploy: `pyinfra -y inventories/lab.py deploy.py`.
+
+Run from the checkout's root. Before any host is touched, the settings (group_data/all.py)
+and the inventory are validated and the operator-side state is prepared once: the PKI,
+the kubeconfigs and the component wheelhouse, in the cluster state folder. Then each host
+gets, by role:
+
+- every host: kubesmith's folders, its certificates and kubeconfigs, the component wheel
+  in /opt/kubesmith/venv, and a service manager (systemd, or supervisor where systemd is
+  not running);
+- `etcd` hosts: an etcd member with client-cert auth; the deploy waits until every
+  member reports healthy over TLS.
+"""
+from pathlib import Path
+
+from pyinfra import host, inventory
+
+from provision import cluster
+from provision.components import ETCD_PKI
+from roles import base, etcd, services
+
+plan = cluster.prepare(
+    [cluster.InventoryHost(name=h.name, groups=frozenset(h.groups), data=h.data.dict())
+     for h in inventory],
+    group_data_file=Path("group_data/all.py"),
+)
+machine = plan.machine(host.name)
+manager = services.service_manager(plan.settings.service_manager)
+
+services.prepare_service_manager(manager)
+if machine.is_etcd:
+    etcd.prepare_etcd()
+uploads = base.install_host_files(plan, owners={ETCD_PKI: "etcd"} if machine.is_etcd else {})
+base.install_wheel(cluster.wheelhouse_for(plan, base.host_platform()))
+
+if machine.is_etcd:
+    started = etcd.etcd_member(plan, host.name, manager, uploads)
+    etcd.wait_for_health(plan, started)

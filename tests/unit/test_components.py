@@ -1,0 +1,54 @@
+"""Components are described once and rendered to systemd units and supervisor programs."""
+import configparser
+
+import pytest
+
+from provision import components, render
+from provision.components import Component
+from provision.settings import load_settings
+from provision.topology import Machine, Topology
+
+THREE = Topology(tuple(Machine(f"master-{i}", f"10.240.0.{10 + i}", frozenset({"masters", "etcd"}))
+                       for i in (1, 2, 3)))
+
+
+def etcd_member(i=1):
+    return components.etcd(load_settings({}), THREE, THREE.masters[i - 1])
+
+
+def test_etcd_flags_require_client_certs_everywhere():
+    flags = dict(etcd_member(2).flags)
+    assert flags["--name"] == "master-2"
+    assert flags["--client-cert-auth"] == "true" and flags["--peer-client-cert-auth"] == "true"
+    assert flags["--listen-client-urls"] == "https://10.240.0.12:2379,https://127.0.0.1:2379"
+    assert flags["--initial-cluster"] == ",".join(
+        f"master-{i}=https://10.240.0.{10 + i}:2380" for i in (1, 2, 3))
+    assert all(v.startswith("https://") for k, v in flags.items() if k.endswith("-urls"))
+    assert flags["--data-dir"].startswith("/var/lib/etcd/")
+
+
+def test_supervisor_program_renders_the_component():
+    member = etcd_member()
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(render.supervisor_program(member))
+    program = parser["program:etcd"]
+    assert program["command"] == member.command_line
+    assert program["user"] == "etcd"
+    assert program["autorestart"] == "true"
+    assert program["stdout_logfile"] == "/var/log/kubesmith/etcd.log"
+
+
+def test_systemd_unit_renders_the_component():
+    member = etcd_member()
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str
+    parser.read_string(render.systemd_unit(member))
+    service = parser["Service"]
+    assert service["ExecStart"] == member.command_line
+    assert service["User"] == "etcd" and service["Restart"] == "always"
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_unsafe_flag_values_are_refused():
+    with pytest.raises(ValueError):
+        Component(name="x", description="x", executable="/bin/x", flags=(("--a", "two words"),))
