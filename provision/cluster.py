@@ -3,14 +3,16 @@
 deploy.py is executed once per host; the work here (validating settings against the
 whole inventory, generating the PKI and kubeconfigs, building wheelhouses) must happen
 once, before any host is changed, and its result is shared by every host's run.
-pyinfra runs the per-host passes as greenlets that only switch on network I/O, and the
-preparation does none, so a plain module-level cache is enough.
+pyinfra runs the per-host passes as concurrent greenlets, which may switch while a
+wheel build waits on pip, so the one-time work is done under a greenlet-aware lock.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from gevent.lock import RLock
 
 from provision import pki, settings as settings_mod, wheelhouse
 from provision.settings import ClusterSettings, SettingsError
@@ -43,6 +45,7 @@ class ClusterPlan:
 
 
 _plan: ClusterPlan | None = None
+_lock = RLock()
 _wheelhouses: dict[wheelhouse.Platform, wheelhouse.Wheelhouse] = {}
 
 
@@ -74,6 +77,11 @@ def settings_from(hosts: list[InventoryHost]) -> ClusterSettings:
 
 def prepare(hosts: list[InventoryHost], group_data_file: Path | None = None) -> ClusterPlan:
     """Validate settings and inventory, then generate the PKI and kubeconfigs (add-only)."""
+    with _lock:
+        return _prepare(hosts, group_data_file)
+
+
+def _prepare(hosts: list[InventoryHost], group_data_file: Path | None) -> ClusterPlan:
     global _plan
     if _plan is not None:
         return _plan
@@ -89,6 +97,7 @@ def prepare(hosts: list[InventoryHost], group_data_file: Path | None = None) -> 
 
 
 def wheelhouse_for(plan: ClusterPlan, platform: wheelhouse.Platform) -> wheelhouse.Wheelhouse:
-    if platform not in _wheelhouses:
-        _wheelhouses[platform] = wheelhouse.ensure_wheelhouse(plan.state_dir, platform)
-    return _wheelhouses[platform]
+    with _lock:
+        if platform not in _wheelhouses:
+            _wheelhouses[platform] = wheelhouse.ensure_wheelhouse(plan.state_dir, platform)
+        return _wheelhouses[platform]
