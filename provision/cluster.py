@@ -8,6 +8,7 @@ wheel build waits on pip, so the one-time work is done under a greenlet-aware lo
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -91,7 +92,8 @@ def _prepare(hosts: list[InventoryHost], group_data_file: Path | None) -> Cluste
     topology = topology_from(hosts)
     settings_mod.validate_topology(cluster_settings, topology)
     result = pki.ensure_pki(cluster_settings.state_dir, cluster_settings, topology)
-    pki.ensure_kubeconfigs(cluster_settings.state_dir, cluster_settings, topology)
+    for line in result.summary().splitlines():
+        print(f"--> PKI: {line}", file=sys.stderr)
     _plan = ClusterPlan(settings=cluster_settings, topology=topology, pki=result)
     return _plan
 

@@ -6,12 +6,12 @@ from pathlib import Path
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
-from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 
 from provision import cluster
 from provision.components import VENV
 from provision.wheelhouse import Platform, Wheelhouse
+from roles.facts import command_output
 
 WHEELHOUSE = "/opt/kubesmith/wheelhouse"
 INSTALLED_MARKER = f"{VENV}/kubesmith-wheelhouse.sha256"
@@ -20,10 +20,9 @@ PIP = f"{VENV}/bin/pip"
 
 def host_platform() -> Platform:
     """The host's Python version and CPU architecture: which dependency wheels fit it."""
-    python = host.get_fact(
-        Command, "python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
-    machine = host.get_fact(Command, "uname -m")
-    return Platform(python=python.strip(), machine=machine.strip())
+    python = command_output("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
+    machine = command_output("uname -m")
+    return Platform(python=python, machine=machine)
 
 
 @deploy("Host files")
@@ -65,11 +64,12 @@ def install_wheel(wheels: Wheelhouse) -> OperationMeta:
         delete=True,
         exclude=[".source-sha256"],
         mode="644",
+        dir_mode="755",
     )
     if not _venv_exists():
         server.shell(name=f"Create {VENV}", commands=[f"python3 -m venv {VENV}"])
-    installed = host.get_fact(Command, f"cat {INSTALLED_MARKER} 2>/dev/null || true")
-    if installed.strip() == wheels.digest:
+    installed = command_output(f"cat {INSTALLED_MARKER} 2>/dev/null || true")
+    if installed == wheels.digest:
         return sync  # nothing uploaded when nothing changed, so this reports no change
     component = f"{WHEELHOUSE}/{wheels.component_wheel}"
     return server.shell(
@@ -86,5 +86,5 @@ def install_wheel(wheels: Wheelhouse) -> OperationMeta:
 
 
 def _venv_exists() -> bool:
-    out = host.get_fact(Command, f"test -x {VENV}/bin/python && echo yes || echo no")
-    return out.strip() == "yes"
+    out = command_output(f"test -x {VENV}/bin/python && echo yes || echo no")
+    return out == "yes"

@@ -13,12 +13,12 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import Directory
-from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server, systemd
 from pyinfra.operations.util import any_changed
 
 from provision import render
 from provision.components import LOG_DIR, Component
+from roles.facts import command_output
 
 SUPERVISOR_CONF_DIR = "/etc/supervisor/conf.d"
 SUPERVISORD = "supervisord -c /etc/supervisor/supervisord.conf"
@@ -40,7 +40,7 @@ def prepare_service_manager(manager: str) -> None:
     files.directory(name="supervisor program folder", path=SUPERVISOR_CONF_DIR, mode="755")
     # Where systemd is absent nothing else keeps supervisord up; start it if it is not
     # answering on its socket (the state is read before the run changes anything).
-    running = host.get_fact(Command, "supervisorctl pid >/dev/null 2>&1 && echo yes || echo no")
+    running = command_output("supervisorctl pid >/dev/null 2>&1 && echo yes || echo no")
     if running != "yes":
         server.shell(name="Start supervisord", commands=[SUPERVISORD])
 
@@ -83,8 +83,7 @@ def run_component(component: Component, manager: str,
         dest=f"{SUPERVISOR_CONF_DIR}/{component.name}.conf",
         mode="644",
     )
-    status = host.get_fact(
-        Command, f"supervisorctl status {component.name} 2>/dev/null || true")
+    status = command_output(f"supervisorctl status {component.name} 2>/dev/null || true")
     # `update` adds a new program or applies a changed one (restarting it); a restart is
     # only needed when just its files or the code changed.
     start = server.shell(

@@ -175,7 +175,7 @@ def test_hosts_have_wheel_keys_and_services(lab):
 
 def test_second_deploy_changes_nothing(lab):
     results = lab.deploy_json(timed="no-op re-deploy")
-    assert changed(results) == []
+    assert changed(results) == [], changed(results)
 
 
 def test_dry_run_and_limit(lab):
