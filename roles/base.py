@@ -12,6 +12,7 @@ from provision import cluster
 from provision.components import VENV
 from provision.wheelhouse import Platform, Wheelhouse
 from roles.facts import command_output
+from roles.files import FileSpec, put_files, remove_files
 
 WHEELHOUSE = "/opt/kubesmith/wheelhouse"
 INSTALLED_MARKER = f"{VENV}/kubesmith-wheelhouse.sha256"
@@ -31,46 +32,36 @@ def install_host_files(plan: cluster.ClusterPlan,
     """Upload this host's certificates, keys and kubeconfigs; keys end up 0600.
 
     `owners` maps a remote folder to the user owning the files in it (etcd's files
-    belong to the etcd user). Returns the upload operation per remote path so
-    components can restart when one of their files changed.
+    belong to the etcd user). Returns the upload operation per remote path that
+    changed, so components restart only when one of their files did.
     """
     owners = owners or {}
     files.directory(name="/etc/kubernetes", path="/etc/kubernetes", mode="755")
     files.directory(name="/etc/kubernetes/pki", path="/etc/kubernetes/pki", mode="755")
-    uploads = {}
+    specs = []
     for item in plan.host_files(host.name):
-        uploads[item.remote] = files.put(
-            name=f"{item.remote}",
-            src=str(item.local),
-            dest=item.remote,
-            user=owners.get(str(Path(item.remote).parent), "root"),
-            mode="600" if item.secret else "644",
-        )
-    return uploads
+        owner = owners.get(str(Path(item.remote).parent), "root")
+        specs.append(FileSpec(local=item.local, remote=item.remote,
+                              mode="600" if item.secret else "644", user=owner, group=owner))
+    return put_files(specs)
 
 
 @deploy("Component wheel")
-def install_wheel(wheels: Wheelhouse) -> OperationMeta:
+def install_wheel(wheels: Wheelhouse) -> OperationMeta | None:
     """Ship the wheelhouse and install it into the venv with `pip --no-index`.
 
-    Returns the install operation: it changed only when the wheels changed.
+    Returns the install operation, or None when the venv already has these wheels.
     """
     apt.packages(name="Python venv support", packages=["python3", "python3-venv"])
     files.directory(name=WHEELHOUSE, path=WHEELHOUSE, mode="755")
-    sync = files.sync(
-        name="Upload wheelhouse",
-        src=str(wheels.directory),
-        dest=WHEELHOUSE,
-        delete=True,
-        exclude=[".source-sha256"],
-        mode="644",
-        dir_mode="755",
-    )
+    uploads = put_files([FileSpec(local=wheels.directory / name, remote=f"{WHEELHOUSE}/{name}")
+                         for name in wheels.wheels])
+    remove_files(WHEELHOUSE, keep=set(wheels.wheels))
     if not _venv_exists():
         server.shell(name=f"Create {VENV}", commands=[f"python3 -m venv {VENV}"])
     installed = command_output(f"cat {INSTALLED_MARKER} 2>/dev/null || true")
     if installed == wheels.digest:
-        return sync  # nothing uploaded when nothing changed, so this reports no change
+        return None  # the installed wheels are these very wheels: nothing to do
     component = f"{WHEELHOUSE}/{wheels.component_wheel}"
     return server.shell(
         name="Install kubesmith wheel (no index)",

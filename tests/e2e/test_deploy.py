@@ -7,20 +7,14 @@ when a step fails. Timings are printed for the record, never asserted.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import socket
 import ssl
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+from labkit import changed, missing_requirement, running_lab
+
 LAB_NAME = "e2edeploy"
 SUBNET = "10.241.7.0/24"
 MASTER_IP = "10.241.7.11"
@@ -28,86 +22,15 @@ MASTER_IP = "10.241.7.11"
 pytestmark = pytest.mark.e2e
 
 
-def _requirements() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, mounts)"
-    for tool in ("ip", "unshare", "/usr/sbin/sshd", "/usr/bin/etcd", "/usr/bin/etcdctl",
-                 "/usr/bin/supervisord"):
-        if not shutil.which(tool):
-            return f"{tool} is not installed (./setup.sh deps installs it)"
-    return None
-
-
-if _requirements():
-    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=_requirements())]
-
-
-class Lab:
-    def __init__(self, lab_dir: Path, state_root: Path):
-        self.lab_dir = lab_dir
-        self.state_root = state_root
-        self.env = dict(os.environ, KUBESMITH_LAB_DIR=str(lab_dir),
-                        KUBESMITH_STATE_DIR=str(state_root),
-                        PYTHONPATH=str(REPO))
-        self.timings: dict[str, float] = {}
-
-    @property
-    def state_dir(self) -> Path:
-        return self.state_root / "kubesmith"
-
-    def lab(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "provision.lab", *args, "--name", LAB_NAME],
-                              cwd=REPO, env=self.env, capture_output=True, text=True,
-                              timeout=300, check=check)
-
-    def deploy(self, *extra: str, timed: str | None = None) -> subprocess.CompletedProcess:
-        start = time.monotonic()
-        result = subprocess.run([PYINFRA, "-y", *extra, "inventories/lab.py", "deploy.py"],
-                                cwd=REPO, env=self.env, capture_output=True, text=True,
-                                timeout=900)
-        if timed:
-            self.timings[timed] = time.monotonic() - start
-        return result
-
-    def deploy_json(self, *extra: str, timed: str | None = None) -> dict:
-        result = self.deploy("--json", *extra, timed=timed)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-        return json.loads(result.stdout)
-
-    def ssh(self, host: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
-        from provision import lab
-        argv = lab.ssh_command(host, command, lab_dir=self.lab_dir)
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-        if check:
-            assert result.returncode == 0, f"{host}: {command}\n{result.stdout}\n{result.stderr}"
-        return result
-
-    def copy_to(self, host: str, local: Path, remote: str) -> None:
-        self.ssh(host, f"mkdir -p {os.path.dirname(remote)} && cat > {remote}")  # ensure dir
-        from provision import lab
-        argv = lab.ssh_command(host, f"cat > {remote}", lab_dir=self.lab_dir)
-        subprocess.run(argv, input=local.read_bytes(), capture_output=True, timeout=60, check=True)
-
-
-def changed(results: dict) -> list[str]:
-    """Operations that changed something, as 'name on host' lines."""
-    return [f"{op['name']} on {', '.join(op['success'])}"
-            for op in results["results"]["operations"] if op["success"]]
+if missing_requirement():
+    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=missing_requirement())]
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    base = tmp_path_factory.mktemp("deploy")
-    env_lab = Lab(base / "lab", base / "state")
-    try:
-        start = time.monotonic()
-        up = env_lab.lab("up", "--masters", "1", "--workers", "2", "--subnet", SUBNET)
-        env_lab.timings["lab up"] = time.monotonic() - start
-        assert "master-1" in up.stdout + up.stderr
-        yield env_lab
-    finally:
-        env_lab.lab("down", check=False)
-        print("\ntimings: " + ", ".join(f"{k} {v:.1f}s" for k, v in env_lab.timings.items()))
+    with running_lab(LAB_NAME, tmp_path_factory.mktemp("deploy"), SUBNET,
+                     masters=1, workers=2) as lab:
+        yield lab
 
 
 def test_bad_setting_stops_before_any_host_is_touched(lab):
@@ -190,6 +113,10 @@ def test_dry_run_and_limit(lab):
 def test_changed_file_is_restored_and_restarts_etcd(lab):
     before = lab.ssh("master-1", "supervisorctl pid etcd").stdout.strip()
     lab.ssh("master-1", "echo tampered > /etc/kubernetes/pki/etcd/server.crt")
+    dry = lab.deploy("--dry")
+    assert dry.returncode == 0
+    assert "/etc/kubernetes/pki/etcd/server.crt" in dry.stdout + dry.stderr
+    assert lab.ssh("master-1", "cat /etc/kubernetes/pki/etcd/server.crt").stdout == "tampered\n"
     results = lab.deploy_json()
     assert any("server.crt" in line for line in changed(results))
     assert any("Restart etcd" in line for line in changed(results))
@@ -203,3 +130,19 @@ def test_stopped_component_is_started_again(lab):
     results = lab.deploy_json()
     assert any("Start etcd" in line for line in changed(results))
     assert "RUNNING" in lab.ssh("master-1", "supervisorctl status etcd").stdout
+
+
+def test_operator_commands(lab):
+    import subprocess
+    from labkit import REPO
+
+    def ctl(*args):
+        return subprocess.run([str(REPO / "bin" / "kubesmithctl"), *args], env=lab.env,
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+
+    assert ctl("kubeconfig").strip() == str(lab.state_dir / "kubeconfigs" / "admin.conf")
+    assert ctl("state-dir").strip() == str(lab.state_dir)
+    table = ctl("certs", "check-expiration")
+    for name in ("apiserver", "apiserver-etcd-client", "admin.conf", "etcd-ca", "front-proxy-ca"):
+        assert name in table
+    assert "RESIDUAL TIME" in table
