@@ -32,4 +32,5 @@ def test_three_member_etcd(tmp_path):
         got = lab.ssh("master-3", ETCDCTL + "--endpoints=https://127.0.0.1:2379 "
                       "get --print-value-only --consistency=l /k").stdout.strip()
         assert got == "v3"
-        assert changed(lab.deploy_json(timed="no-op re-deploy (3 masters)")) == []
+        again = changed(lab.deploy_json(timed="no-op re-deploy (3 masters)"))
+        assert again == [], again
