@@ -11,6 +11,11 @@ runs it:
 - the first deploy: seconds, operations, and how many changed something;
 - `--runs` no-op re-deploys: seconds each (min / median / max), operations, changes.
 
+It runs from a snapshot of the checkout copied into the temporary folder at start, so
+edits to the checkout while it runs (which would rebuild the component wheel and make a
+re-deploy change things) do not skew the figures, and its wheel builds never share a
+build folder with another run's.
+
 The lab is torn down and the temporary folder removed in every case: on success, on a
 failed step, on Ctrl-C and on SIGTERM. Every step has a timeout. Needs root (the lab
 makes network namespaces and mounts).
@@ -43,6 +48,9 @@ LAB_UP_TIMEOUT = 300
 LAB_DOWN_TIMEOUT = 120
 DEPLOY_TIMEOUT = 900
 CMD_TIMEOUT = 30
+# Not part of the snapshot: version control, the virtualenv, caches and build output.
+SNAPSHOT_IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache",
+                                         ".hypothesis", "build", "*.egg-info", ".vagrant")
 
 
 class BenchError(Exception):
@@ -58,6 +66,7 @@ class Run:
     changed_operations: int  # operations that changed something on at least one host
     changed: int          # operation x host pairs that changed something
     failed_hosts: list[str]
+    changed_names: list[str]  # names of the operations that changed something
 
 
 def summarize(label: str, seconds: float, payload: dict) -> Run:
@@ -73,6 +82,7 @@ def summarize(label: str, seconds: float, payload: dict) -> Run:
         changed_operations=sum(1 for op in operations if op.get("success")),
         changed=totals.get("success", sum(len(op.get("success", [])) for op in operations)),
         failed_hosts=list(results.get("failed_hosts", [])),
+        changed_names=[op.get("name", "?") for op in operations if op.get("success")],
     )
 
 
@@ -85,17 +95,24 @@ class Bench:
         self.masters = masters
         self.workers = workers
         self.base = Path(tempfile.mkdtemp(prefix="kubesmith-bench-"))
+        self.repo = self.base / "checkout"
         self.lab_dir = self.base / "lab"
         self.state_root = self.base / "state"
         self.env = dict(os.environ, KUBESMITH_LAB_DIR=str(self.lab_dir),
-                        KUBESMITH_STATE_DIR=str(self.state_root), PYTHONPATH=str(REPO))
+                        KUBESMITH_STATE_DIR=str(self.state_root), PYTHONPATH=str(self.repo))
         self.created = False
+
+    def snapshot(self) -> None:
+        try:
+            shutil.copytree(REPO, self.repo, symlinks=True, ignore=SNAPSHOT_IGNORE)
+        except (OSError, shutil.Error) as exc:
+            raise BenchError(f"could not copy the checkout to {self.repo}: {exc}") from exc
 
     # -- steps
 
     def _lab(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
         return subprocess.run([PYTHON, "-m", "provision.lab", *args, "--name", LAB_NAME],
-                              cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                              cwd=self.repo, env=self.env, stdin=subprocess.DEVNULL,
                               capture_output=True, text=True, timeout=timeout)
 
     def lab_up(self) -> float:
@@ -112,12 +129,14 @@ class Bench:
     def deploy(self, label: str) -> Run:
         argv = [PYINFRA, "-y", "--json", "inventories/lab.py", "deploy.py"]
         start = time.monotonic()
-        result = subprocess.run(argv, cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+        result = subprocess.run(argv, cwd=self.repo, env=self.env, stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, timeout=DEPLOY_TIMEOUT)
         seconds = time.monotonic() - start
         if result.returncode != 0:
             raise BenchError(f"{label} failed (exit {result.returncode}):\n"
                              + _tail(result.stderr) + "\n" + _tail(result.stdout, 10))
+        if "Exiting upon user request" in result.stdout + result.stderr:
+            raise KeyboardInterrupt(f"{label} interrupted")  # pyinfra got the Ctrl-C too
         try:
             payload = json.loads(result.stdout)
         except json.JSONDecodeError as exc:
@@ -248,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
               "running, or a crashed one); not touching it", file=sys.stderr)
         return 2
 
+    # Ctrl-C and SIGTERM end the benchmark through the teardown below, even when started
+    # from a shell that had SIGINT ignored (as it does for background jobs).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     bench = Bench(args.masters, args.workers)
     print(f"benchmark: lab {LAB_NAME!r} on {SUBNET}, {args.masters} master(s), "
@@ -256,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     runs: list[Run] = []
     try:
+        bench.snapshot()
         up_seconds = bench.lab_up()
         print(f"  {'lab up':<20} {up_seconds:7.1f} s", flush=True)
         first = bench.deploy("first deploy")
@@ -266,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(again)
             print(_row(again), flush=True)
             if again.changed:
-                print(f"  warning: {again.label} changed {again.changed} operation(s) on hosts; "
-                      "a re-deploy should change nothing", flush=True)
+                # A re-deploy should change nothing: say what did.
+                print(f"  warning: {again.label} changed: "
+                      + "; ".join(again.changed_names[:5]), flush=True)
         noop = [run.seconds for run in runs[1:]]
         print(f"  no-op re-deploy      min {min(noop):.1f} s"
               f"   median {statistics.median(noop):.1f} s   max {max(noop):.1f} s"

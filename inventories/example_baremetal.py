@@ -14,7 +14,11 @@ What the deploy needs from an inventory:
   `pod_cidr` (group_data/all.py). SSH may go to another address (`ssh_hostname`), for
   example over a management network;
 - a login that can become root: either `ssh_user="root"`, or a user with passwordless
-  sudo and `_sudo=True` (pyinfra then runs every operation and fact with sudo);
+  sudo and `_sudo=True` (pyinfra then runs every operation and fact with sudo). With
+  sudo, pyinfra uploads each file (private keys too) to the host's /tmp as the login
+  user and then copies it into place as root; on hosts that other people can log in
+  to, prefer root, or make sshd's SFTP create files private
+  (`Subsystem sftp internal-sftp -u 077`);
 - Debian 12 hosts with python3, and apt able to install `etcd-server`, `supervisor` and
   `python3-venv` (a local mirror on air-gapped sites). Everything else (certificates,
   kubeconfigs, the component wheel and its dependencies) is pushed from the operator's

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import runpy
+import shutil
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -295,3 +297,46 @@ def test_vagrantfile_and_inventory_agree_on_names():
     assert 'BOX = "debian/bookworm64"' in text
     for group in vagrant.GROUPS:
         assert f'"{group}"' in text
+
+
+# Loads the Vagrantfile with a stand-in for Vagrant's configure block: its host plan and
+# its checks run, no VM is defined.
+_STUB_VAGRANT = 'module Vagrant; def self.configure(_version); end; end; load "Vagrantfile"'
+
+
+def _run_vagrantfile(tmp_path, **env):
+    shutil.copy(REPO / "vagrant" / "Vagrantfile", tmp_path / "Vagrantfile")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KUBESMITH_")}
+    return subprocess.run(["ruby", "-e", _STUB_VAGRANT], cwd=tmp_path, env={**clean, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+@pytest.mark.parametrize("masters, workers, etcd", [(1, 2, 1), (2, 1, 1), (3, 0, 3), (4, 1, 3)])
+def test_vagrantfile_plan(tmp_path, masters, workers, etcd):
+    result = _run_vagrantfile(tmp_path, KUBESMITH_MASTERS=str(masters),
+                              KUBESMITH_WORKERS=str(workers), KUBESMITH_NETWORK="10.99.0.0/24")
+    assert result.returncode == 0, result.stderr
+    plan = vagrant.parse_plan((tmp_path / vagrant.PLAN_FILE).read_text())
+    assert [h.name for h in plan] == ([f"master-{i}" for i in range(1, masters + 1)]
+                                      + [f"worker-{i}" for i in range(1, workers + 1)])
+    assert [h.address for h in plan] == [f"10.99.0.{11 + i}" for i in range(masters + workers)]
+    assert [h.name for h in plan if "etcd" in h.groups] == [f"master-{i}"
+                                                           for i in range(1, etcd + 1)]
+    # Remembered: a later run without the variables plans the same lab.
+    again = _run_vagrantfile(tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert vagrant.parse_plan((tmp_path / vagrant.PLAN_FILE).read_text()) == plan
+
+
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+@pytest.mark.parametrize("env, message", [
+    ({"KUBESMITH_MASTERS": "0"}, "KUBESMITH_MASTERS must be at least 1"),
+    ({"KUBESMITH_WORKERS": "two"}, "is not a whole number"),
+    ({"KUBESMITH_NETWORK": "10.99.0.0/29"}, "has no room for 3 hosts"),
+    ({"KUBESMITH_NETWORK": "fd00::/64"}, "must be IPv4"),
+])
+def test_vagrantfile_rejects_bad_settings(tmp_path, env, message):
+    result = _run_vagrantfile(tmp_path, **env)
+    assert result.returncode != 0
+    assert message in result.stderr
