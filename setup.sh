@@ -54,12 +54,14 @@ install_venv() {
     say "creating $VENV"
     /usr/bin/python3 -m venv "$VENV"
   fi
-  local stamp="$VENV/.requirements.sha256" want
-  want="$(sha256sum requirements-operator.txt | cut -d' ' -f1)"
+  local stamp="$VENV/.requirements.sha256" want components="$VENV/component-requirements.txt"
+  want="$(cat requirements-operator.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing Python packages into $VENV"
     "$VENV/bin/pip" install --quiet --upgrade pip
-    "$VENV/bin/pip" install --quiet -r requirements-operator.txt
+    # The components' own dependencies, as the wheel declares them (tests import them).
+    "$VENV/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > "$components"
+    "$VENV/bin/pip" install --quiet -r requirements-operator.txt -r "$components"
     echo "$want" > "$stamp"
   fi
 }

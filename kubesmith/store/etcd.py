@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
+import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -91,6 +92,14 @@ _MOD = pb.Compare.MOD
 _EVENT_TYPES = (EventType.PUT, EventType.DELETE)
 
 
+def _transport_failed(err: grpc.aio.AioRpcError) -> bool:
+    """The connection failed or dropped (not an answer from etcd)."""
+    code = err.code()
+    # A member shutting down resets open streams, which gRPC reports as INTERNAL.
+    return code is _UNAVAILABLE or (code is grpc.StatusCode.INTERNAL
+                                    and "Stream removed" in (err.details() or ""))
+
+
 def _kv(m: kv_pb2.KeyValue) -> KeyValue:
     return KeyValue(m.key, m.value, m.create_revision, m.mod_revision, m.version, m.lease)
 
@@ -130,8 +139,13 @@ class _Endpoint:
 
 def _translate(err: grpc.aio.AioRpcError, endpoint: _Endpoint) -> StoreError:
     code, details = err.code(), err.details() or ""
-    if code is _UNAVAILABLE or code is grpc.StatusCode.CANCELLED:
-        return StoreUnavailableError(f"etcd at {endpoint.url} unavailable: {details}")
+    if _transport_failed(err) or code is grpc.StatusCode.CANCELLED:
+        hint = ""
+        if any(sign in details for sign in ("TSI_", "SSL", "andshake", "ertificate")):
+            # gRPC's TLS errors are cryptic; say what usually causes them.
+            hint = " (TLS handshake failed: does the CA sign the member's certificate, " \
+                   "and does the member accept this client's certificate?)"
+        return StoreUnavailableError(f"etcd at {endpoint.url} unavailable: {details}{hint}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return StoreTimeoutError(f"etcd at {endpoint.url} did not answer in time: {details}")
     if code is grpc.StatusCode.OUT_OF_RANGE:
@@ -222,8 +236,8 @@ class EtcdStore:
         # Concurrent failures of the same endpoint move on only once.
         if len(self._endpoints) > 1 and self._endpoints[self._active] is endpoint:
             self._active = (self._active + 1) % len(self._endpoints)
-            log.warning("etcd: %s unavailable, trying %s next",
-                        endpoint.url, self._endpoints[self._active].url)
+            log.info("etcd: %s unavailable, trying %s next",
+                     endpoint.url, self._endpoints[self._active].url)
 
     async def _call(self, method, request, idempotent: bool, timeout: float | None = None):
         tries = len(self._endpoints) + (1 if idempotent else 0)
@@ -231,20 +245,31 @@ class EtcdStore:
             endpoint = self._pick()
             try:
                 return await method(endpoint)(request, timeout=timeout or self._timeout)
+            except asyncio.CancelledError:
+                if self._closed_under_us():
+                    raise StoreUnavailableError("the store was closed during the request") from None
+                raise
             except grpc.aio.AioRpcError as err:
-                if err.code() is not _UNAVAILABLE:
+                if not _transport_failed(err):
                     raise _translate(err, endpoint) from None
                 self._failed(endpoint)
                 retry = idempotent or _NOT_SENT in (err.details() or "")
                 if not retry or attempt + 1 == tries:
                     raise self._unavailable(err, endpoint) from None
 
+    def _closed_under_us(self) -> bool:
+        """A CancelledError came from close() cancelling the call, not from our task."""
+        if not self._closed:
+            return False
+        task = asyncio.current_task()
+        return task is None or not getattr(task, "cancelling", lambda: 0)()
+
     def _unavailable(self, err: grpc.aio.AioRpcError, endpoint: _Endpoint) -> StoreError:
         if len(self._endpoints) == 1:
             return _translate(err, endpoint)
         return StoreUnavailableError(
             f"no etcd endpoint answered ({', '.join(self.endpoints)}); "
-            f"last error from {endpoint.url}: {err.details()}")
+            f"the last one said: {_translate(err, endpoint)}")
 
     async def connect(self, timeout: float | None = None) -> Status:
         """Wait until some endpoint answers (etcd may still be starting); its status.
@@ -361,8 +386,9 @@ class EtcdStore:
 
     async def delete_range(self, key: bytes, range_end: bytes | None = None) -> tuple[int, int]:
         """Delete [key, range_end), or every key starting with `key`; (deleted, revision)."""
-        request = pb.DeleteRangeRequest(key=key or b"\0",
-                                        range_end=prefix_end(key) if range_end is None else range_end)
+        if range_end is None:
+            range_end = prefix_end(key)
+        request = pb.DeleteRangeRequest(key=key or b"\0", range_end=range_end)
         reply = await self._call(_DELETE, request, False)
         return reply.deleted, reply.header.revision
 
@@ -385,7 +411,8 @@ class EtcdStore:
         resourceVersion N starts at N + 1. Use as `async with store.watch(...) as w:
         async for batch in w:`; leaving the block (or dropping the iterator) cancels
         the watch on the server. Raises CompactedError when start_revision (or, for a
-        watch that fell behind, its position) has been compacted.
+        watch that fell behind, its position) has been compacted. range_end=b"" watches
+        just the one key.
         """
         return Watch(self, key or b"\0", prefix_end(key) if range_end is None else range_end,
                      start_revision, prev_kv, progress_notify)
@@ -412,7 +439,7 @@ class EtcdStore:
             await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
             reply = await call.read()
         except grpc.aio.AioRpcError as err:
-            if err.code() is _UNAVAILABLE:
+            if _transport_failed(err):
                 self._failed(endpoint)
             raise _translate(err, endpoint) from None
         finally:
@@ -447,7 +474,8 @@ class Watch:
         self._call: grpc.aio.StreamStreamCall | None = None
         self._endpoint: _Endpoint | None = None
         self._watch_id: int | None = None
-        self._breaks = 0        # stream breaks since the last delivered batch
+        self._breaks = 0        # stream breaks in a row, each soon after its stream opened
+        self._opened_at = 0.0
         self._closed = False
 
     @property
@@ -459,6 +487,10 @@ class Watch:
         return self
 
     async def __aenter__(self) -> Watch:
+        # Create the watch on the server now: a watch "from now on" then covers every
+        # change made inside the block.
+        if self._call is None and not self._closed:
+            await self._open()
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -472,6 +504,12 @@ class Watch:
                 await self._open()
             try:
                 reply = await self._call.read()
+            except asyncio.CancelledError:
+                if self._store._closed_under_us():
+                    self._closed = True
+                    self._abandon()
+                    raise StoreUnavailableError("the store was closed under the watch") from None
+                raise
             except grpc.aio.AioRpcError as err:
                 await self._broken(err)
                 continue
@@ -505,7 +543,6 @@ class Watch:
             if revision < self._next_revision - 1:
                 return None
         self._next_revision = revision + 1
-        self._breaks = 0
         return WatchBatch(revision, events)
 
     async def _open(self) -> None:
@@ -522,7 +559,7 @@ class Watch:
                 reply = await asyncio.wait_for(call.read(), store._timeout)
             except (grpc.aio.AioRpcError, asyncio.TimeoutError) as err:
                 call.cancel()
-                if isinstance(err, grpc.aio.AioRpcError) and err.code() is not _UNAVAILABLE:
+                if isinstance(err, grpc.aio.AioRpcError) and not _transport_failed(err):
                     raise _translate(err, endpoint) from None
                 store._failed(endpoint)
                 if attempt + 1 == tries:
@@ -536,8 +573,12 @@ class Watch:
                 raise StoreUnavailableError(f"etcd at {endpoint.url} closed the watch stream")
             self._call, self._endpoint = call, endpoint
             self._watch_id = reply.watch_id
-            if not reply.created or reply.canceled or reply.compact_revision:
+            self._opened_at = time.monotonic()
+            if reply.canceled or reply.compact_revision:
                 self._batch(reply)  # raises
+            if not reply.created:
+                self._abandon()
+                raise StoreError(f"etcd at {endpoint.url} answered a watch create with {reply}")
             if self._next_revision <= 0:
                 # "From now on": pin it, so a resumed stream misses nothing in between.
                 self._next_revision = reply.header.revision + 1
@@ -547,13 +588,14 @@ class Watch:
         """The stream ended under us: reopen it elsewhere, or raise why not."""
         endpoint = self._endpoint
         self._abandon()
-        if err is not None and err.code() is not _UNAVAILABLE:
+        if err is not None and not _transport_failed(err):
             self._closed = True
             raise _translate(err, endpoint) from None
         if self._store._closed:
             self._closed = True
             raise StoreUnavailableError("the store was closed under the watch")
-        self._breaks += 1
+        # Streams that lived a while broke for unrelated reasons; only quick breaks add up.
+        self._breaks = self._breaks + 1 if time.monotonic() - self._opened_at < 10 else 1
         if self._breaks > len(self._store._endpoints):
             # Streams that open and break again at once: give up rather than spin.
             self._closed = True
@@ -568,21 +610,36 @@ class Watch:
         if call is not None:
             call.cancel()
 
+    async def request_progress(self) -> None:
+        """Ask for a progress notification (a batch without events) as soon as possible.
+
+        It tells how far the watch has got even while nothing changes, e.g. to serve a
+        consistent read from a cache fed by this watch.
+        """
+        if self._closed:
+            return
+        if self._call is None:
+            await self._open()
+        try:
+            await self._call.write(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            # The stream is breaking; reading from the watch resumes or reports it.
+            pass
+
     async def aclose(self) -> None:
         """Cancel the watch on the server and end the stream."""
         if self._closed:
             return
         self._closed = True
         call, watch_id = self._call, self._watch_id
-        if call is None:
+        if call is None or call.done():
+            self._abandon()
             return
         try:
             # Ask for the cancel and wait (briefly) for the server's confirmation, so
             # the watcher is gone on the server once this returns.
-            await call.write(pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id)))
-            await call.done_writing()
-            await asyncio.wait_for(_until_canceled(call, watch_id), 1.0)
-        except (grpc.aio.AioRpcError, asyncio.TimeoutError, grpc.aio.UsageError):
+            await asyncio.wait_for(_cancel(call, watch_id), 1.0)
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError, asyncio.InvalidStateError):
             pass
         finally:
             self._abandon()
@@ -598,7 +655,10 @@ class Watch:
                 pass
 
 
-async def _until_canceled(call: grpc.aio.StreamStreamCall, watch_id: int | None) -> None:
+async def _cancel(call: grpc.aio.StreamStreamCall, watch_id: int | None) -> None:
+    """Cancel the stream's watch and read up to the server's confirmation."""
+    await call.write(pb.WatchRequest(cancel_request=pb.WatchCancelRequest(watch_id=watch_id)))
+    await call.done_writing()
     while True:
         reply = await call.read()
         if reply is grpc.aio.EOF or (reply.canceled and reply.watch_id == watch_id):

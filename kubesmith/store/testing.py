@@ -167,7 +167,8 @@ class LocalEtcd:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"etcd exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.metrics_url}/health", timeout=1) as r:
                     if b'"true"' in r.read():
