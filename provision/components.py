@@ -105,3 +105,41 @@ def etcd(settings: ClusterSettings, topology: Topology, member: Machine) -> Comp
         ),
         files=files,
     )
+
+
+def kube_apiserver(settings: ClusterSettings, topology: Topology, master: Machine) -> Component:
+    """kubesmith's kube-apiserver on one master, with kubeadm's file paths."""
+    low, high = settings.node_port_range
+    files = tuple(f"{PKI}/{name}" for name in (
+        "ca.crt", "apiserver.crt", "apiserver.key", "apiserver-etcd-client.crt",
+        "apiserver-etcd-client.key", "apiserver-kubelet-client.crt",
+        "apiserver-kubelet-client.key", "sa.pub", "sa.key", "etcd/ca.crt"))
+    return Component(
+        name="kube-apiserver",
+        description=f"kube-apiserver on {master.name} of cluster {settings.cluster_name}",
+        executable=f"{VENV}/bin/kube-apiserver",
+        flags=(
+            ("--advertise-address", master.address),
+            ("--secure-port", str(settings.api_port)),
+            ("--etcd-servers", ",".join(etcd_client_urls(topology))),
+            ("--etcd-cafile", f"{ETCD_PKI}/ca.crt"),
+            ("--etcd-certfile", f"{PKI}/apiserver-etcd-client.crt"),
+            ("--etcd-keyfile", f"{PKI}/apiserver-etcd-client.key"),
+            ("--tls-cert-file", f"{PKI}/apiserver.crt"),
+            ("--tls-private-key-file", f"{PKI}/apiserver.key"),
+            ("--client-ca-file", f"{PKI}/ca.crt"),
+            ("--kubelet-client-certificate", f"{PKI}/apiserver-kubelet-client.crt"),
+            ("--kubelet-client-key", f"{PKI}/apiserver-kubelet-client.key"),
+            ("--service-cluster-ip-range", str(settings.service_cidr)),
+            ("--service-node-port-range", f"{low}-{high}"),
+            ("--service-account-key-file", f"{PKI}/sa.pub"),
+            ("--service-account-signing-key-file", f"{PKI}/sa.key"),
+            ("--service-account-issuer", f"https://kubernetes.default.svc.{settings.dns_domain}"),
+            ("--authorization-mode", "Node,RBAC"),
+            ("--enable-admission-plugins",
+             "NamespaceLifecycle,ServiceAccount,NodeRestriction,LimitRanger,ResourceQuota"),
+            ("--anonymous-auth", "false"),
+            ("--allow-privileged", "true"),
+        ),
+        files=files,
+    )

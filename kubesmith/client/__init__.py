@@ -1,0 +1,1 @@
+"""The shared API client machinery of kubesmith's components (kubeconfig loading first)."""
