@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from gevent.lock import RLock
 
-from provision import pki, settings as settings_mod, wheelhouse
+from provision import encryption, pki, settings as settings_mod, wheelhouse
 from provision.settings import ClusterSettings, SettingsError
 from provision.topology import Machine, Topology
 
@@ -42,7 +42,12 @@ class ClusterPlan:
         return self.topology.get(name)
 
     def host_files(self, name: str) -> list[pki.HostFile]:
-        return pki.host_files(self.state_dir, self.machine(name))
+        machine = self.machine(name)
+        files = pki.host_files(self.state_dir, machine)
+        if machine.is_master:
+            files.append(pki.HostFile(encryption.REMOTE_PATH,
+                                      self.state_dir / encryption.CONFIG_NAME, secret=True))
+        return files
 
 
 _plan: ClusterPlan | None = None
@@ -94,6 +99,9 @@ def _prepare(hosts: list[InventoryHost], group_data_file: Path | None) -> Cluste
     result = pki.ensure_pki(cluster_settings.state_dir, cluster_settings, topology)
     for line in result.summary().splitlines():
         print(f"--> PKI: {line}", file=sys.stderr)
+    path, created = encryption.ensure_encryption_config(cluster_settings.state_dir)
+    if created:
+        print(f"--> created {path} (encryption of secrets at rest)", file=sys.stderr)
     _plan = ClusterPlan(settings=cluster_settings, topology=topology, pki=result)
     return _plan
 

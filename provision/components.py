@@ -113,7 +113,8 @@ def kube_apiserver(settings: ClusterSettings, topology: Topology, master: Machin
     files = tuple(f"{PKI}/{name}" for name in (
         "ca.crt", "apiserver.crt", "apiserver.key", "apiserver-etcd-client.crt",
         "apiserver-etcd-client.key", "apiserver-kubelet-client.crt",
-        "apiserver-kubelet-client.key", "sa.pub", "sa.key", "etcd/ca.crt"))
+        "apiserver-kubelet-client.key", "sa.pub", "sa.key", "etcd/ca.crt")) + (
+        "/etc/kubernetes/encryption-config.yaml",)
     return Component(
         name="kube-apiserver",
         description=f"kube-apiserver on {master.name} of cluster {settings.cluster_name}",
@@ -139,6 +140,7 @@ def kube_apiserver(settings: ClusterSettings, topology: Topology, master: Machin
             ("--enable-admission-plugins",
              "NamespaceLifecycle,ServiceAccount,NodeRestriction,LimitRanger,ResourceQuota"),
             ("--anonymous-auth", "false"),
+            ("--encryption-provider-config", "/etc/kubernetes/encryption-config.yaml"),
             ("--allow-privileged", "true"),
         ),
         files=files,
