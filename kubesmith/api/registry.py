@@ -400,3 +400,12 @@ REGISTRY = Registry()
 
 def register(resource: ResourceType) -> ResourceType:
     return REGISTRY.register(resource)
+
+
+def dig(obj: Any, *path: str, default: Any = None) -> Any:
+    """obj[path[0]][path[1]]..., or `default` where a step is missing or not a mapping."""
+    for key in path:
+        if not isinstance(obj, dict):
+            return default
+        obj = obj.get(key)
+    return default if obj is None else obj

@@ -7,19 +7,14 @@ from kubesmith.api.podspec import (
     container_images, container_names, default_pod_template, format_label_selector,
     format_labels, validate_pod_template,
 )
-from kubesmith.api.registry import Column, FieldError, ResourceType, register
+from kubesmith.api.registry import Column, FieldError, ResourceType, dig, register
 from kubesmith.api.validation import (
     forbidden, immutable, invalid, is_int, percent_or_int, required, selector_is_empty,
     selector_matches, validate_enum, validate_label_selector, validate_non_negative, with_meta,
 )
 
 
-def _get(obj: Any, *path: str, default: Any = None) -> Any:
-    for key in path:
-        if not isinstance(obj, dict):
-            return default
-        obj = obj.get(key)
-    return default if obj is None else obj
+_get = dig  # short local name: the column getters use it on every row
 
 
 def validate_workload_selector(spec: dict, path: str = "spec") -> list[FieldError]:

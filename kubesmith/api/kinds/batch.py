@@ -10,7 +10,8 @@ from kubesmith.api.podspec import (
     validate_pod_template,
 )
 from kubesmith.api.registry import (
-    AGE_COLUMN, Column, FieldError, ResourceType, human_duration, parse_time, register, since,
+    AGE_COLUMN, Column, FieldError, ResourceType, dig, human_duration, parse_time, register,
+    since,
 )
 from kubesmith.api.validation import (
     forbidden, immutable, invalid, not_supported, required, validate_enum, validate_non_negative,
@@ -24,12 +25,7 @@ LEGACY_CONTROLLER_UID_LABEL = "controller-uid"
 LEGACY_JOB_NAME_LABEL = "job-name"
 
 
-def _get(obj: Any, *path: str, default: Any = None) -> Any:
-    for key in path:
-        if not isinstance(obj, dict):
-            return default
-        obj = obj.get(key)
-    return default if obj is None else obj
+_get = dig  # short local name: the column getters use it on every row
 
 
 # --- jobs -----------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from kubesmith.api.podspec import (
     validate_pod_template,
 )
 from kubesmith.api.registry import (
-    AGE_COLUMN, CREATED_AT_COLUMN, Column, FieldError, ResourceType, parse_time, register, since,
+    AGE_COLUMN, CREATED_AT_COLUMN, STANDARD_VERBS, Column, FieldError, ResourceType, dig,
+    parse_time, register, since,
 )
 from kubesmith.api.validation import (
     config_key_problems, dns1123_label_problems, dns1123_subdomain_problems, duplicate,
@@ -22,15 +23,10 @@ from kubesmith.api.validation import (
     validate_enum, validate_labels, validate_non_negative, validate_quantity_map, with_meta,
 )
 
-CORE_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+CORE_VERBS = STANDARD_VERBS
 
 
-def _get(obj: Any, *path: str, default: Any = None) -> Any:
-    for key in path:
-        if not isinstance(obj, dict):
-            return default
-        obj = obj.get(key)
-    return default if obj is None else obj
+_get = dig  # short local name: the column getters use it on every row
 
 
 def _bool_text(value: Any) -> str:
