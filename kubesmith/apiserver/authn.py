@@ -1,0 +1,106 @@
+"""Authentication: who is asking.
+
+Client certificates (verified against --client-ca-file by the TLS handshake): user = CN,
+groups = O values. Bearer tokens go to a chain of token authenticators (empty for now:
+service-account tokens plug in here). Every authenticated user is also in
+system:authenticated; with --anonymous-auth=true a request with no credentials is
+system:anonymous in system:unauthenticated.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+log = logging.getLogger(__name__)
+
+AUTHENTICATED = "system:authenticated"
+UNAUTHENTICATED = "system:unauthenticated"
+ANONYMOUS = "system:anonymous"
+MASTERS = "system:masters"
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    groups: tuple[str, ...] = ()
+    uid: str = ""
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def to_dict(self) -> dict:
+        info: dict = {"username": self.name}
+        if self.uid:
+            info["uid"] = self.uid
+        if self.groups:
+            info["groups"] = list(self.groups)
+        if self.extra:
+            info["extra"] = {k: list(v) for k, v in self.extra.items()}
+        return info
+
+
+class TokenAuthenticator(Protocol):
+    """Resolves a bearer token to a user, or None when the token is not its kind."""
+
+    async def authenticate_token(self, token: str) -> UserInfo | None: ...
+
+
+@functools.lru_cache(maxsize=1024)
+def user_from_certificate(der: bytes) -> UserInfo | None:
+    """The user a verified client certificate names (parsed once per certificate)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return None
+    subject = cert.subject
+    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not names:
+        return None
+    orgs = tuple(str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
+    return UserInfo(str(names[0].value), _with_authenticated(orgs))
+
+
+def _with_authenticated(groups: tuple[str, ...]) -> tuple[str, ...]:
+    return groups if AUTHENTICATED in groups else groups + (AUTHENTICATED,)
+
+
+class Authenticator:
+    def __init__(self, anonymous: bool,
+                 token_authenticators: list[TokenAuthenticator] | None = None):
+        self.anonymous = anonymous
+        self.token_authenticators = list(token_authenticators or [])
+
+    async def authenticate(self, peer_der: bytes | None, authorization: str | None
+                           ) -> UserInfo | None:
+        """The request's user; None means 401."""
+        if peer_der:
+            user = user_from_certificate(peer_der)
+            if user is not None:
+                return user
+        if authorization:
+            scheme, _, token = authorization.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() == "bearer" and token:
+                user = await self.authenticate_token(token)
+                if user is not None:
+                    return user
+            # Credentials were presented and did not check out: never anonymous.
+            return None
+        if self.anonymous:
+            return UserInfo(ANONYMOUS, (UNAUTHENTICATED,))
+        return None
+
+    async def authenticate_token(self, token: str) -> UserInfo | None:
+        for authenticator in self.token_authenticators:
+            try:
+                user = await authenticator.authenticate_token(token)
+            except Exception:
+                log.exception("token authenticator %r failed", authenticator)
+                continue
+            if user is not None:
+                return UserInfo(user.name, _with_authenticated(user.groups), user.uid,
+                                user.extra)
+        return None

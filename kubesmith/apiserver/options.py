@@ -1,0 +1,263 @@
+"""kube-apiserver's command line: upstream flag names and value syntax (Go's pflag).
+
+Accepted forms: --name=value, --name value, and a bare --name for booleans. An unknown
+flag is an error, so a typo in a unit file fails at start instead of being ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+
+AUTHORIZATION_MODES = ("AlwaysAllow", "AlwaysDeny", "ABAC", "Webhook", "RBAC", "Node")
+SUPPORTED_AUTHORIZATION_MODES = ("AlwaysAllow", "AlwaysDeny", "RBAC", "Node")
+
+# Every admission plugin upstream knows; the ones kubesmith implements are in admission.py.
+KNOWN_ADMISSION_PLUGINS = frozenset((
+    "AlwaysAdmit", "AlwaysDeny", "AlwaysPullImages", "CertificateApproval",
+    "CertificateSigning", "CertificateSubjectRestriction", "ClusterTrustBundleAttest",
+    "DefaultIngressClass", "DefaultStorageClass", "DefaultTolerationSeconds",
+    "DenyServiceExternalIPs",
+    "EventRateLimit", "ExtendedResourceToleration", "ImagePolicyWebhook",
+    "LimitPodHardAntiAffinityTopology", "LimitRanger", "MutatingAdmissionPolicy",
+    "MutatingAdmissionWebhook", "NamespaceAutoProvision", "NamespaceExists",
+    "NamespaceLifecycle", "NodeRestriction", "OwnerReferencesPermissionEnforcement",
+    "PersistentVolumeClaimResize", "PersistentVolumeLabel", "PodNodeSelector", "PodSecurity",
+    "PodTolerationRestriction", "Priority", "ResourceQuota", "RuntimeClass", "SecurityContextDeny",
+    "ServiceAccount", "StorageObjectInUseProtection", "TaintNodesByCondition",
+    "ValidatingAdmissionPolicy", "ValidatingAdmissionWebhook",
+))
+# Upstream's default set; NamespaceLifecycle is the one enforced so far.
+DEFAULT_ADMISSION_PLUGINS = ("NamespaceLifecycle", "LimitRanger", "ServiceAccount",
+                             "TaintNodesByCondition", "PodSecurity", "Priority",
+                             "DefaultTolerationSeconds", "DefaultStorageClass",
+                             "StorageObjectInUseProtection", "PersistentVolumeClaimResize",
+                             "RuntimeClass", "CertificateApproval", "CertificateSigning",
+                             "ClusterTrustBundleAttest", "CertificateSubjectRestriction",
+                             "DefaultIngressClass", "MutatingAdmissionWebhook",
+                             "ValidatingAdmissionPolicy", "ValidatingAdmissionWebhook",
+                             "ResourceQuota")
+
+
+class OptionsError(ValueError):
+    pass
+
+
+def parse_bool(text: str) -> bool:
+    """Go's strconv.ParseBool."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}")
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Go's time.ParseDuration ("5m", "1m30s", "250ms", "0"), in seconds."""
+    value = text.strip()
+    sign = -1.0 if value.startswith("-") else 1.0
+    value = value.lstrip("+-")
+    if value == "0":
+        return 0.0
+    total, position = 0.0, 0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        position = match.end()
+    if position != len(value) or not value:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}")
+    return sign * total
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"{text} is not a valid port")
+    return port
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid port range {text!r} (expected LOW-HIGH)")
+    low = int(match.group(1))
+    high = int(match.group(2) or low)
+    if not 0 < low <= high < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port range {text!r}")
+    return low, high
+
+
+def _cidrs(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        nets = [ipaddress.ip_network(part.strip(), strict=True)
+                for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not nets or len(nets) > 2:
+        raise argparse.ArgumentTypeError("expected one CIDR or a dual-stack pair")
+    return nets
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@dataclass
+class Options:
+    etcd_servers: list[str] = field(default_factory=list)
+    etcd_cafile: str | None = None
+    etcd_certfile: str | None = None
+    etcd_keyfile: str | None = None
+    etcd_compaction_interval: float = 300.0
+    secure_port: int = 6443
+    bind_address: str = "0.0.0.0"
+    advertise_address: str | None = None
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    client_ca_file: str | None = None
+    service_cluster_ip_range: list = field(default_factory=list)
+    service_node_port_range: tuple[int, int] = (30000, 32767)
+    service_account_key_file: list[str] = field(default_factory=list)
+    service_account_signing_key_file: str | None = None
+    service_account_issuer: list[str] = field(default_factory=list)
+    authorization_mode: list[str] = field(default_factory=lambda: ["Node", "RBAC"])
+    enable_admission_plugins: list[str] = field(default_factory=list)
+    disable_admission_plugins: list[str] = field(default_factory=list)
+    anonymous_auth: bool = False
+    kubelet_client_certificate: str | None = None
+    kubelet_client_key: str | None = None
+    encryption_provider_config: str | None = None
+    allow_privileged: bool = False
+    v: int = 0
+    watch_cache: bool = True
+    default_watch_cache_size: int = 100
+    max_requests_inflight: int = 400
+    max_mutating_requests_inflight: int = 200
+    request_timeout: float = 60.0
+    min_request_timeout: int = 1800
+
+    @property
+    def admission_plugins(self) -> list[str]:
+        """Enabled plugins: upstream's defaults plus --enable, minus --disable."""
+        enabled = list(DEFAULT_ADMISSION_PLUGINS)
+        enabled += [p for p in self.enable_admission_plugins if p not in enabled]
+        return [p for p in enabled if p not in self.disable_admission_plugins]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kube-apiserver", allow_abbrev=False,
+                                     description="kubesmith's Kubernetes API server")
+
+    def flag(name: str, type_=str, help_: str = "", *, boolean: bool = False, dest=None):
+        kwargs = dict(dest=dest or name.lstrip("-").replace("-", "_"), help=help_,
+                      default=argparse.SUPPRESS)
+        if boolean:
+            # pflag: a bare --flag means true; --flag=false turns it off.
+            parser.add_argument(name, nargs="?", const=True, type=parse_bool, **kwargs)
+        else:
+            parser.add_argument(name, type=type_, **kwargs)
+
+    flag("--etcd-servers", _list, "etcd client URLs, comma separated")
+    flag("--etcd-cafile", help_="CA bundle verifying the etcd members")
+    flag("--etcd-certfile", help_="client certificate for etcd")
+    flag("--etcd-keyfile", help_="client key for etcd")
+    flag("--etcd-compaction-interval", parse_duration,
+         "interval of etcd history compaction (0 disables)")
+    flag("--secure-port", _port, "HTTPS port (default 6443)")
+    flag("--bind-address", _ip, "address to listen on (default 0.0.0.0)")
+    flag("--advertise-address", _ip, "address published to the cluster")
+    flag("--tls-cert-file", help_="serving certificate (with intermediates)")
+    flag("--tls-private-key-file", help_="serving key")
+    flag("--client-ca-file", help_="CA bundle verifying client certificates")
+    flag("--service-cluster-ip-range", _cidrs, "CIDR of service cluster IPs")
+    flag("--service-node-port-range", _port_range, "node port range LOW-HIGH")
+    parser.add_argument("--service-account-key-file", action="append",
+                        dest="service_account_key_file", default=argparse.SUPPRESS,
+                        help="public keys verifying service account tokens (repeatable)")
+    flag("--service-account-signing-key-file", help_="key signing service account tokens")
+    parser.add_argument("--service-account-issuer", action="append",
+                        dest="service_account_issuer", default=argparse.SUPPRESS,
+                        help="issuer of service account tokens (repeatable)")
+    flag("--authorization-mode", _list, "ordered authorizers (default Node,RBAC)")
+    flag("--enable-admission-plugins", _list, "admission plugins besides the defaults")
+    flag("--disable-admission-plugins", _list, "default admission plugins to turn off")
+    flag("--anonymous-auth", boolean=True, help_="allow unauthenticated requests (default false)")
+    flag("--kubelet-client-certificate", help_="client certificate for kubelets")
+    flag("--kubelet-client-key", help_="client key for kubelets")
+    flag("--encryption-provider-config", help_="EncryptionConfiguration file")
+    flag("--allow-privileged", boolean=True, help_="allow privileged containers")
+    flag("--watch-cache", boolean=True, help_="serve watches and rv=0 reads from memory")
+    flag("--default-watch-cache-size", int, "recent events kept per resource (default 100)")
+    flag("--max-requests-inflight", int, "concurrent read requests before 429 (default 400)")
+    flag("--max-mutating-requests-inflight", int,
+         "concurrent write requests before 429 (default 200)")
+    flag("--request-timeout", parse_duration, "timeout of non-watch requests (default 1m0s)")
+    flag("--min-request-timeout", int, "minimum watch timeout in seconds (default 1800)")
+    parser.add_argument("-v", "--v", type=int, dest="v", default=argparse.SUPPRESS,
+                        help="log verbosity")
+    return parser
+
+
+def parse(argv: list[str]) -> Options:
+    """Options from a command line; raises OptionsError for unknown or bad flags."""
+    parser = _parser()
+
+    def fail(message: str):
+        raise OptionsError(message)
+
+    parser.error = fail  # type: ignore[method-assign]
+    namespace = parser.parse_args(argv)
+    options = Options(**vars(namespace))
+    check(options)
+    return options
+
+
+def usage() -> str:
+    return _parser().format_help()
+
+
+def check(options: Options) -> None:
+    problems = []
+    if not options.etcd_servers:
+        problems.append("--etcd-servers must be specified")
+    if not options.tls_cert_file or not options.tls_private_key_file:
+        problems.append("--tls-cert-file and --tls-private-key-file are required "
+                        "(there is no insecure port)")
+    for mode in options.authorization_mode:
+        if mode not in AUTHORIZATION_MODES:
+            problems.append(f"--authorization-mode: unknown mode {mode!r}")
+        elif mode not in SUPPORTED_AUTHORIZATION_MODES:
+            problems.append(f"--authorization-mode: {mode} is not supported by this server")
+    if not options.authorization_mode:
+        problems.append("--authorization-mode must not be empty")
+    for plugin in options.enable_admission_plugins + options.disable_admission_plugins:
+        if plugin not in KNOWN_ADMISSION_PLUGINS:
+            problems.append(f"unknown admission plugin {plugin!r}")
+    if (options.etcd_certfile is None) != (options.etcd_keyfile is None):
+        problems.append("--etcd-certfile and --etcd-keyfile go together")
+    if (options.kubelet_client_certificate is None) != (options.kubelet_client_key is None):
+        problems.append("--kubelet-client-certificate and --kubelet-client-key go together")
+    for path in (options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile,
+                 options.tls_cert_file, options.tls_private_key_file, options.client_ca_file,
+                 options.encryption_provider_config, options.service_account_signing_key_file,
+                 *options.service_account_key_file):
+        if path and not os.path.isfile(path):
+            problems.append(f"{path}: no such file")
+    if options.default_watch_cache_size < 0:
+        problems.append("--default-watch-cache-size must not be negative")
+    if problems:
+        raise OptionsError("; ".join(problems))
