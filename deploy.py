@@ -9,7 +9,8 @@ gets, by role:
   in /opt/kubesmith/venv, and a service manager (systemd, or supervisor where systemd is
   not running);
 - `etcd` hosts: an etcd member with client-cert auth; the deploy waits until every
-  member reports healthy over TLS.
+  member reports healthy over TLS;
+- `masters`: kube-apiserver on that etcd; the deploy waits for its /readyz.
 """
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pyinfra import host, inventory
 
 from provision import cluster
 from provision.components import ETCD_PKI
-from roles import base, etcd, services
+from roles import base, control_plane, etcd, services
 
 plan = cluster.prepare(
     [cluster.InventoryHost(name=h.name, groups=frozenset(h.groups), data=h.data.dict())
@@ -31,8 +32,11 @@ services.prepare_service_manager(manager)
 if machine.is_etcd:
     etcd.prepare_etcd()
 uploads = base.install_host_files(plan, owners={ETCD_PKI: "etcd"} if machine.is_etcd else {})
-base.install_wheel(cluster.wheelhouse_for(plan, base.host_platform()))
+wheel = base.install_wheel(cluster.wheelhouse_for(plan, base.host_platform()))
 
 if machine.is_etcd:
     started = etcd.etcd_member(plan, host.name, manager, uploads)
     etcd.wait_for_health(plan, started)
+
+if machine.is_master:
+    control_plane.kube_apiserver(plan, host.name, manager, uploads, wheel)

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 
 from kubesmith import __version__
-from kubesmith.api import discovery, openapi
+from kubesmith.api import discovery, openapi, openapi_pb
 from kubesmith.apiserver import errors, negotiation
 from kubesmith.apiserver.context import Ctx, respond
 
@@ -170,13 +170,15 @@ async def _run(check: Check) -> str | None:
 # --- openapi ---------------------------------------------------------------------------
 
 _PROTOBUF_OPENAPI = "application/com.github.proto-openapi.spec.v2"
+_PROTOBUF_OPENAPI_RESPONSE = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 
 
-def _document_response(ctx: Ctx, doc: openapi.Document, immutable: bool) -> web.Response:
+def _document_response(ctx: Ctx, doc, immutable: bool,
+                       content_type: str = "application/json") -> web.Response:
     etag = f'"{doc.etag}"'
     if ctx.request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers={"ETag": etag})
-    response = web.Response(body=doc.body, content_type="application/json")
+    response = web.Response(body=doc.body, headers={"Content-Type": content_type})
     response.headers["ETag"] = etag
     response.headers["Vary"] = "Accept"
     response.headers["Cache-Control"] = "public, immutable" if immutable \
@@ -193,7 +195,9 @@ def openapi_response(ctx: Ctx, path: str) -> web.Response | None:
         wants_json = any(m.type in (negotiation.JSON, "*/*", "application/*")
                          for m in negotiation.parse_media_types(accept)) or not accept
         if not wants_json and _PROTOBUF_OPENAPI in accept:
-            raise errors.not_acceptable([negotiation.JSON])
+            # kubectl up to 1.29 reads the v2 document only in its protobuf form.
+            return _document_response(ctx, openapi_pb.v2_protobuf(), False,
+                                      _PROTOBUF_OPENAPI_RESPONSE)
         return _document_response(ctx, openapi.v2_document(), False)
     if parts[1] == "v3":
         if len(parts) == 2:

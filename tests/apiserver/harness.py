@@ -47,6 +47,31 @@ def _settings(port: int):
         ca_validity_days=3650, cert_validity_days=365)
 
 
+def issue_client_cert(pki: Path, out_dir: Path, name: str, *groups: str) -> tuple[str, str]:
+    """A client certificate signed by the CA in `pki` (cert file, key file in out_dir)."""
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
+                        + [x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    stem = out_dir / f"user-{name.replace(':', '_')}"
+    cert_file, key_file = Path(f"{stem}.crt"), Path(f"{stem}.key")
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return str(cert_file), str(key_file)
+
+
 class Response:
     def __init__(self, status: int, headers, body: bytes):
         self.status = status
@@ -58,10 +83,14 @@ class Response:
 
 
 class Cluster:
-    def __init__(self, extra_flags: list[str] | None = None):
+    """`etcd`: an etcd already running (anything with .endpoint and .pki.ca_file,
+    .client_cert, .client_key) to use instead of starting one; it is left running."""
+
+    def __init__(self, extra_flags: list[str] | None = None, etcd=None):
         self.base = Path(tempfile.mkdtemp(prefix="apiserver-test-"))
         self.port = free_port()
         self.extra_flags = extra_flags or []
+        self.given_etcd = etcd
         self.etcd: LocalEtcd | None = None
         self.process: subprocess.Popen | None = None
         self.home = self.base / "home"
@@ -82,7 +111,7 @@ class Cluster:
             "resources:\n- resources: [secrets]\n  providers:\n"
             f"  - aescbc:\n      keys:\n      - name: key1\n        secret: {key}\n"
             "  - identity: {}\n")
-        self.etcd = LocalEtcd().start()
+        self.etcd = self.given_etcd or LocalEtcd().start()
         self.process = self.spawn(self.flags(), self.log_path)
         self.wait_ready()
         return self
@@ -158,9 +187,9 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self.etcd is not None:
+        if self.etcd is not None and self.etcd is not self.given_etcd:
             self.etcd.cleanup()
-            self.etcd = None
+        self.etcd = None
 
     def cleanup(self) -> None:
         self.stop()
@@ -184,26 +213,7 @@ class Cluster:
 
     def client_cert(self, name: str, *groups: str) -> tuple[str, str]:
         """A client certificate signed by the cluster CA (cert file, key file)."""
-        ca_cert = x509.load_pem_x509_certificate((self.pki / "ca.crt").read_bytes())
-        ca_key = serialization.load_pem_private_key((self.pki / "ca.key").read_bytes(), None)
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, g) for g in groups]
-                            + [x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                               critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        stem = self.base / f"user-{name.replace(':', '_')}"
-        cert_file, key_file = Path(f"{stem}.crt"), Path(f"{stem}.key")
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-        return str(cert_file), str(key_file)
+        return issue_client_cert(self.pki, self.base, name, *groups)
 
     def ssl_context(self, cert: tuple[str, str] | None | bool = True) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -132,3 +133,10 @@ def test_get_watch_sees_new_namespace(kubectl, cluster):
     finally:
         proc.kill()
         proc.wait(timeout=5)
+
+
+def test_explain_reads_the_openapi_document(kubectl):
+    # Older builds fetch /openapi/v2 as protobuf, newer ones /openapi/v3 as JSON.
+    out = kubectl("explain", "pod.spec.containers").stdout
+    assert "containers <[]Container>" in out
+    assert re.search(r"\bimage\s+<string>", out), out

@@ -17,6 +17,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
+# The 1-master 2-worker lab that conftest.py shares between the deploy and kubectl tests.
+DEPLOY_LAB_NAME = "e2edeploy"
+DEPLOY_LAB_SUBNET = "10.241.7.0/24"
+DEPLOY_LAB_MASTER_IP = "10.241.7.11"
+
 
 def missing_requirement() -> str | None:
     """Why deploy tests cannot run here, or None."""

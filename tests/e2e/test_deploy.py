@@ -13,24 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from labkit import changed, missing_requirement, running_lab
-
-LAB_NAME = "e2edeploy"
-SUBNET = "10.241.7.0/24"
-MASTER_IP = "10.241.7.11"
+from labkit import DEPLOY_LAB_MASTER_IP as MASTER_IP
+from labkit import changed
 
 pytestmark = pytest.mark.e2e
 
 
-if missing_requirement():
-    pytestmark = [pytest.mark.e2e, pytest.mark.skip(reason=missing_requirement())]
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    with running_lab(LAB_NAME, tmp_path_factory.mktemp("deploy"), SUBNET,
-                     masters=1, workers=2) as lab:
-        yield lab
+def lab(deploy_lab):
+    return deploy_lab
 
 
 def test_bad_setting_stops_before_any_host_is_touched(lab):
