@@ -401,7 +401,7 @@ class PatchMeta:
 class Node:
     """A resolved schema; see the module docstring."""
 
-    __slots__ = ("schema", "name", "kind", "meta", "preserve_unknown")
+    __slots__ = ("schema", "name", "kind", "meta", "preserve_unknown", "_children")
 
     def __init__(self, schema: dict, site: dict | None = None) -> None:
         defs = definitions()
@@ -416,6 +416,9 @@ class Node:
             merged.update({k: v for k, v in site.items() if k.startswith("x-")})
         self.schema = merged
         self.name = name
+        # Resolved child nodes by field name (or ("items",) / ("values",)): the walks
+        # below visit the same children for every object written.
+        self._children: dict = {}
         self.preserve_unknown = bool(merged.get("x-kubernetes-preserve-unknown-fields"))
         self.kind = self._kind(merged, name)
         strategies = merged.get(_MERGE, "")
@@ -473,21 +476,25 @@ class Node:
     def required(self) -> list[str]:
         return list(self.schema.get("required") or [])
 
+    def _child(self, key, schema: Any) -> "Node | None":
+        try:
+            return self._children[key]
+        except KeyError:
+            child = _node(json.dumps(schema, sort_keys=True)) \
+                if isinstance(schema, dict) else None
+            self._children[key] = child
+            return child
+
     def field(self, name: str) -> "Node | None":
-        prop = (self.schema.get("properties") or {}).get(name)
-        return None if prop is None else _node(json.dumps(prop, sort_keys=True))
+        return self._child(name, (self.schema.get("properties") or {}).get(name))
 
     @property
     def items(self) -> "Node | None":
-        items = self.schema.get("items")
-        return None if items is None else _node(json.dumps(items, sort_keys=True))
+        return self._child(("items",), self.schema.get("items"))
 
     @property
     def values(self) -> "Node | None":
-        values = self.schema.get("additionalProperties")
-        if not isinstance(values, dict):
-            return None
-        return _node(json.dumps(values, sort_keys=True))
+        return self._child(("values",), self.schema.get("additionalProperties"))
 
     def __repr__(self) -> str:
         return f"Node({self.name or self.kind}, {self.meta})"
@@ -543,11 +550,11 @@ def _walk_unknown(node: Node, value: Any, path: str, out: list[str]) -> None:
         properties = node.schema.get("properties") or {}
         for key, child in value.items():
             child_path = f"{path}.{key}" if path else str(key)
-            prop = properties.get(key)
-            if prop is None:
+            child_node = node.field(key) if key in properties else None
+            if child_node is None:
                 out.append(child_path)
                 continue
-            _walk_unknown(_node(json.dumps(prop, sort_keys=True)), child, child_path, out)
+            _walk_unknown(child_node, child, child_path, out)
     elif node.kind == "map" and isinstance(value, dict):
         values = node.values
         if values is not None:
@@ -634,9 +641,8 @@ def _walk_types(node: Node, value: Any, struct: str, path: str, out: list[str]) 
         properties = node.schema.get("properties") or {}
         owner = (node.name or "").rpartition(".")[2] or struct
         for key, child in value.items():
-            prop = properties.get(key)
-            if prop is not None:
-                _walk_types(_node(json.dumps(prop, sort_keys=True)), child, owner,
+            if key in properties:
+                _walk_types(node.field(key), child, owner,
                             f"{path}.{key}" if path else key, out)
     elif node.kind == "map" and node.values is not None:
         for key, child in value.items():

@@ -89,10 +89,19 @@ class Chain:
             await plugin.validate(request)
 
 
-def build(enabled: list[str], get_namespace: NamespaceGetter) -> Chain:
+def build(enabled: list[str], get_namespace: NamespaceGetter, server=None) -> Chain:
     available: dict[str, Callable[[], Plugin]] = {
         "NamespaceLifecycle": lambda: NamespaceLifecycle(get_namespace),
     }
+    if server is not None:
+        from kubesmith.apiserver.limitranger import LimitRanger
+        from kubesmith.apiserver.quota import ResourceQuota
+        available["LimitRanger"] = lambda: LimitRanger(server)
+        available["ResourceQuota"] = lambda: ResourceQuota(server)
+    if server is not None:
+        from kubesmith.apiserver import noderestriction, serviceaccount
+        available["ServiceAccount"] = lambda: serviceaccount.ServiceAccountAdmission(server)
+        available["NodeRestriction"] = lambda: noderestriction.NodeRestriction(server)
     plugins, skipped = [], []
     for name in enabled:
         factory = available.get(name)

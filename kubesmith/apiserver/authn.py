@@ -1,10 +1,10 @@
 """Authentication: who is asking.
 
 Client certificates (verified against --client-ca-file by the TLS handshake): user = CN,
-groups = O values. Bearer tokens go to a chain of token authenticators (empty for now:
-service-account tokens plug in here). Every authenticated user is also in
-system:authenticated; with --anonymous-auth=true a request with no credentials is
-system:anonymous in system:unauthenticated.
+groups = O values. Bearer tokens go to a chain of token authenticators (service-account
+tokens, serviceaccount.py). Every authenticated user is also in system:authenticated;
+with --anonymous-auth=true a request with no credentials is system:anonymous in
+system:unauthenticated.
 """
 from __future__ import annotations
 
@@ -42,10 +42,17 @@ class UserInfo:
         return info
 
 
-class TokenAuthenticator(Protocol):
-    """Resolves a bearer token to a user, or None when the token is not its kind."""
+class TokenInvalid(Exception):
+    """A token of an authenticator's kind that does not check out (the message says why)."""
 
-    async def authenticate_token(self, token: str) -> UserInfo | None: ...
+
+class TokenAuthenticator(Protocol):
+    """Resolves a bearer token to (user, the audiences it is good for), or None when the
+    token is not its kind; raises TokenInvalid for a bad token of its kind. `audiences`:
+    what the caller wants the token to be for (None: the API itself)."""
+
+    async def authenticate_token(self, token: str, audiences: list[str] | None = None
+                                 ) -> tuple[UserInfo, list[str]] | None: ...
 
 
 @functools.lru_cache(maxsize=1024)
@@ -94,13 +101,27 @@ class Authenticator:
         return None
 
     async def authenticate_token(self, token: str) -> UserInfo | None:
+        user, _, _ = await self.review_token(token)
+        return user
+
+    async def review_token(self, token: str, audiences: list[str] | None = None
+                           ) -> tuple[UserInfo | None, list[str], str]:
+        """(user or None, audiences the token is good for, why it was refused)."""
+        problems = []
         for authenticator in self.token_authenticators:
             try:
-                user = await authenticator.authenticate_token(token)
+                found = await authenticator.authenticate_token(token, audiences)
+            except TokenInvalid as exc:
+                problems.append(str(exc))
+                continue
             except Exception:
                 log.exception("token authenticator %r failed", authenticator)
+                problems.append("token authenticator failed")
                 continue
-            if user is not None:
-                return UserInfo(user.name, _with_authenticated(user.groups), user.uid,
-                                user.extra)
-        return None
+            if found is not None:
+                user, good_for = found
+                return (UserInfo(user.name, _with_authenticated(user.groups), user.uid,
+                                 user.extra), list(good_for), "")
+        if problems:
+            log.debug("bearer token refused: %s", "; ".join(problems))
+        return None, [], "; ".join(problems) or "token not recognized by any authenticator"

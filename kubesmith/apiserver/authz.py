@@ -210,44 +210,127 @@ class RBAC:
 
 NODES_GROUP = "system:nodes"
 NODE_PREFIX = "system:node:"
-# Objects a node may only reach when they belong to its pods (the node graph, which
-# comes with the kubelet work); until then these are left to RBAC.
-_GRAPH_RESOURCES = {("", "secrets"), ("", "configmaps"), ("", "persistentvolumeclaims"),
-                    ("", "persistentvolumes"), ("resource.k8s.io", "resourceclaims"),
-                    ("", "serviceaccounts")}
+NODE_LEASE_NAMESPACE = "kube-node-lease"
+
+
+def node_name(user: UserInfo) -> str | None:
+    """The node a user is (system:node:<name> in system:nodes), else None."""
+    if NODES_GROUP not in user.groups or not user.name.startswith(NODE_PREFIX):
+        return None
+    return user.name[len(NODE_PREFIX):]
+
+
+class NodeGraph(Protocol):
+    """What the Node authorizer asks of the graph (nodegraph.CachedGraph)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def has_path(self, node: str, kind: str, namespace: str, name: str) -> bool: ...
 
 
 class Node:
-    """Upstream's Node authorizer without its object graph: a node (system:node:<name> in
-    system:nodes) gets the system:node rules, its own Lease and CSINode; objects only
-    reachable through the graph get no opinion."""
+    """Upstream's Node authorizer: a node (system:node:<name> in system:nodes) reads only
+    the secrets, config maps, volumes and claims its pods use and asks tokens only for
+    their service accounts (the graph), reaches only its own Lease and CSINode, and gets
+    the static system:node rules for everything else. Whether a write touches the node's
+    own Node or pods is NodeRestriction's check (admission), as upstream splits it."""
 
-    def __init__(self, node_rules: list[dict]):
+    def __init__(self, node_rules: list[dict], graph: NodeGraph | None = None):
         self.node_rules = node_rules
+        self.graph = graph
 
     def authorize(self, attrs: Attributes) -> tuple[Decision, str]:
-        user = attrs.user
-        if NODES_GROUP not in user.groups or not user.name.startswith(NODE_PREFIX):
+        node = node_name(attrs.user)
+        if node is None:
             return Decision.NO_OPINION, ""
-        node = user.name[len(NODE_PREFIX):]
-        if not attrs.is_resource:
-            return (Decision.ALLOW, "") if any(rule_allows(r, attrs) for r in self.node_rules) \
-                else (Decision.NO_OPINION, "")
-        key = (attrs.group, attrs.resource)
-        if key == ("coordination.k8s.io", "leases"):
-            if attrs.namespace == "kube-node-lease" and (
-                    attrs.name == node or (attrs.verb == "create" and not attrs.name)):
-                return Decision.ALLOW, ""
-            return Decision.NO_OPINION, ("can only access node lease with the same name as "
-                                         "the requesting node")
-        if key == ("storage.k8s.io", "csinodes"):
-            if attrs.name == node or (attrs.verb == "create" and not attrs.name):
-                return Decision.ALLOW, ""
-            return Decision.NO_OPINION, ("can only access CSINode with the same name as the "
-                                         "requesting node")
-        if key in _GRAPH_RESOURCES:
-            return Decision.NO_OPINION, (f'no relationship found between node "{node}" and '
-                                         "this object")
+        if not node:
+            return Decision.NO_OPINION, "unknown node"
+        if attrs.is_resource:
+            key = (attrs.group, attrs.resource)
+            if key == ("", "secrets"):
+                return self._read_namespaced(node, "secret", attrs)
+            if key == ("", "configmaps"):
+                return self._read_namespaced(node, "configmap", attrs)
+            if key == ("", "persistentvolumeclaims"):
+                if attrs.subresource == "status":
+                    if attrs.verb not in ("update", "patch"):
+                        return Decision.NO_OPINION, "can only update or patch status"
+                    return self._related(node, "pvc", attrs)
+                return self._get(node, "pvc", attrs)
+            if key == ("", "persistentvolumes"):
+                return self._get(node, "pv", attrs)
+            if key == ("resource.k8s.io", "resourceclaims"):
+                return self._get(node, "resourceclaim", attrs)
+            if key == ("", "serviceaccounts"):
+                return self._service_account(node, attrs)
+            if key == ("coordination.k8s.io", "leases"):
+                return self._lease(node, attrs)
+            if key == ("storage.k8s.io", "csinodes"):
+                return self._csinode(node, attrs)
         if any(rule_allows(r, attrs) for r in self.node_rules):
             return Decision.ALLOW, ""
         return Decision.NO_OPINION, ""
+
+    def _related(self, node: str, kind: str, attrs: Attributes) -> tuple[Decision, str]:
+        if not attrs.name:
+            return Decision.NO_OPINION, "No Object name found"
+        if self.graph is not None and self.graph.ready and \
+                self.graph.has_path(node, kind, attrs.namespace, attrs.name):
+            return Decision.ALLOW, ""
+        return Decision.NO_OPINION, (f"no relationship found between node '{node}' and this "
+                                     "object")
+
+    def _read_namespaced(self, node: str, kind: str, attrs: Attributes
+                         ) -> tuple[Decision, str]:
+        if attrs.verb not in ("get", "list", "watch"):
+            return Decision.NO_OPINION, "can only read resources of this type"
+        if attrs.subresource:
+            return Decision.NO_OPINION, "cannot read subresource"
+        if not attrs.namespace:
+            return Decision.NO_OPINION, "can only read namespaced object of this type"
+        # list and watch only of one named object (fieldSelector metadata.name=...).
+        return self._related(node, kind, attrs)
+
+    def _get(self, node: str, kind: str, attrs: Attributes) -> tuple[Decision, str]:
+        if attrs.verb != "get":
+            return Decision.NO_OPINION, "can only get individual resources of this type"
+        if attrs.subresource:
+            return Decision.NO_OPINION, "cannot get subresource"
+        return self._related(node, kind, attrs)
+
+    def _service_account(self, node: str, attrs: Attributes) -> tuple[Decision, str]:
+        if attrs.subresource == "token":
+            if attrs.verb != "create" or not attrs.name:
+                return Decision.NO_OPINION, ("can only create tokens for individual service "
+                                             "accounts")
+            return self._related(node, "serviceaccount", attrs)
+        if attrs.verb == "get" and not attrs.subresource:
+            return self._related(node, "serviceaccount", attrs)
+        return Decision.NO_OPINION, "can only create token subresource of serviceaccount"
+
+    @staticmethod
+    def _lease(node: str, attrs: Attributes) -> tuple[Decision, str]:
+        if attrs.verb not in ("get", "create", "update", "patch", "delete"):
+            return Decision.NO_OPINION, ("can only get, create, update, patch, or delete a "
+                                         "node lease")
+        if attrs.namespace != NODE_LEASE_NAMESPACE:
+            return Decision.NO_OPINION, (f'can only access leases in the '
+                                         f'"{NODE_LEASE_NAMESPACE}" system namespace')
+        # A create names no object here; NodeRestriction checks the name it carries.
+        if attrs.verb != "create" and attrs.name != node:
+            return Decision.NO_OPINION, ("can only access node lease with the same name as "
+                                         "the requesting node")
+        return Decision.ALLOW, ""
+
+    @staticmethod
+    def _csinode(node: str, attrs: Attributes) -> tuple[Decision, str]:
+        if attrs.verb not in ("get", "create", "update", "patch", "delete"):
+            return Decision.NO_OPINION, ("can only get, create, update, patch, or delete a "
+                                         "CSINode")
+        if attrs.subresource:
+            return Decision.NO_OPINION, "cannot authorize CSINode subresources"
+        if attrs.verb != "create" and attrs.name != node:
+            return Decision.NO_OPINION, ("can only access CSINode with the same name as the "
+                                         "requesting node")
+        return Decision.ALLOW, ""

@@ -36,6 +36,8 @@ def warning_headers(ctx: Ctx | None) -> list[tuple[str, str]]:
     out = []
     for message in ctx.warnings:
         text = message.replace("\\", "\\\\").replace('"', '\\"')
+        # A header may carry no control characters (field names come from clients).
+        text = "".join(c if c >= " " and c != "\x7f" else "?" for c in text)
         out.append(("Warning", f'299 - "{text}"'))
     return out
 

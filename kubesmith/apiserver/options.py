@@ -29,7 +29,7 @@ KNOWN_ADMISSION_PLUGINS = frozenset((
     "ServiceAccount", "StorageObjectInUseProtection", "TaintNodesByCondition",
     "ValidatingAdmissionPolicy", "ValidatingAdmissionWebhook",
 ))
-# Upstream's default set; NamespaceLifecycle is the one enforced so far.
+# Upstream's default set (those admission.build does not know are skipped with a warning).
 DEFAULT_ADMISSION_PLUGINS = ("NamespaceLifecycle", "LimitRanger", "ServiceAccount",
                              "TaintNodesByCondition", "PodSecurity", "Priority",
                              "DefaultTolerationSeconds", "DefaultStorageClass",
@@ -134,12 +134,16 @@ class Options:
     service_account_key_file: list[str] = field(default_factory=list)
     service_account_signing_key_file: str | None = None
     service_account_issuer: list[str] = field(default_factory=list)
+    api_audiences: list[str] = field(default_factory=list)
+    service_account_max_token_expiration: float = 0.0
+    service_account_extend_token_expiration: bool = True
     authorization_mode: list[str] = field(default_factory=lambda: ["Node", "RBAC"])
     enable_admission_plugins: list[str] = field(default_factory=list)
     disable_admission_plugins: list[str] = field(default_factory=list)
     anonymous_auth: bool = False
     kubelet_client_certificate: str | None = None
     kubelet_client_key: str | None = None
+    kubelet_certificate_authority: str | None = None
     encryption_provider_config: str | None = None
     allow_privileged: bool = False
     v: int = 0
@@ -192,12 +196,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--service-account-issuer", action="append",
                         dest="service_account_issuer", default=argparse.SUPPRESS,
                         help="issuer of service account tokens (repeatable)")
+    flag("--api-audiences", _list, "audiences API tokens must be for (default: the first "
+         "--service-account-issuer)")
+    flag("--service-account-max-token-expiration", parse_duration,
+         "longest lifetime a TokenRequest may ask for (default unlimited)")
+    flag("--service-account-extend-token-expiration", boolean=True,
+         help_="issue the kubelet's 3607 s pod tokens for a year (default true)")
     flag("--authorization-mode", _list, "ordered authorizers (default Node,RBAC)")
     flag("--enable-admission-plugins", _list, "admission plugins besides the defaults")
     flag("--disable-admission-plugins", _list, "default admission plugins to turn off")
     flag("--anonymous-auth", boolean=True, help_="allow unauthenticated requests (default false)")
     flag("--kubelet-client-certificate", help_="client certificate for kubelets")
     flag("--kubelet-client-key", help_="client key for kubelets")
+    flag("--kubelet-certificate-authority", help_="CA bundle verifying kubelets' serving "
+         "certificates (not verified without it)")
     flag("--encryption-provider-config", help_="EncryptionConfiguration file")
     flag("--allow-privileged", boolean=True, help_="allow privileged containers")
     flag("--watch-cache", boolean=True, help_="serve watches and rv=0 reads from memory")
@@ -253,10 +265,16 @@ def check(options: Options) -> None:
         problems.append("--kubelet-client-certificate and --kubelet-client-key go together")
     for path in (options.etcd_cafile, options.etcd_certfile, options.etcd_keyfile,
                  options.tls_cert_file, options.tls_private_key_file, options.client_ca_file,
+                 options.kubelet_certificate_authority,
                  options.encryption_provider_config, options.service_account_signing_key_file,
                  *options.service_account_key_file):
         if path and not os.path.isfile(path):
             problems.append(f"{path}: no such file")
+    if options.service_account_signing_key_file and not options.service_account_issuer:
+        problems.append("--service-account-issuer is required with "
+                        "--service-account-signing-key-file")
+    if 0 < options.service_account_max_token_expiration < 3600:
+        problems.append("--service-account-max-token-expiration must be at least 1h")
     if options.default_watch_cache_size < 0:
         problems.append("--default-watch-cache-size must not be negative")
     if problems:

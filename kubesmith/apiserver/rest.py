@@ -21,14 +21,18 @@ from aiohttp import web
 from kubesmith.api.registry import REGISTRY, ResourceType
 from kubesmith.apiserver import (
     admission,
+    allocators,
+    apply as applying,
     errors,
     fieldcheck,
+    managedfields,
     negotiation,
     objectmeta,
     patch as patching,
     selectors,
     special,
     tables,
+    txn,
     watch as watching,
 )
 from kubesmith.apiserver.context import Ctx, respond
@@ -461,9 +465,10 @@ async def admit(srv: "APIServer", ctx: Ctx | None, operation: str, target: Targe
     if ctx is None:
         return  # the server's own bootstrap writes
     name = target.name or ((obj or {}).get("metadata") or {}).get("name", "")
-    await srv.admission.run(admission.Request(
-        operation, target.rt, target.subresource, target.namespace, name, obj, old,
-        ctx.user, dry))
+    request = admission.Request(operation, target.rt, target.subresource, target.namespace,
+                                name, obj, old, ctx.user, dry)
+    await srv.admission.run(request)
+    return getattr(request, "extra", None)   # keys a plugin writes with the object
 
 
 def validate(target: Target, obj: Obj, old: Obj | None) -> None:
@@ -496,7 +501,8 @@ async def create(srv: "APIServer", ctx: Ctx, target: Target) -> web.Response:
 
 
 async def create_object(srv: "APIServer", ctx: Ctx | None, target: Target, obj: Obj,
-                        dry: bool, *, run_admission: bool = True) -> Obj:
+                        dry: bool, *, run_admission: bool = True,
+                        manage_fields: bool = True) -> Obj:
     """The create path shared by POST, create-on-PUT and the bootstrap."""
     rt = target.rt
     meta = objectmeta.meta(obj)
@@ -516,29 +522,40 @@ async def create_object(srv: "APIServer", ctx: Ctx | None, target: Target, obj: 
     if rt.has_status:
         obj["status"] = {}
     _safe(rt.apply_defaults, obj)
+    if manage_fields:
+        # Defaults count as the creator's fields, as upstream decodes them in.
+        managedfields.record_update(rt, managedfields.manager_of(ctx), "", None, obj)
     objectmeta.fill_create(rt, obj)
     generate = not meta.get("name") and meta.get("generateName")
     attempts = GENERATE_NAME_RETRIES if generate else 1
     special.prepare_create(rt, obj)
-    for attempt in range(attempts):
+    attempt = retries = 0
+    while attempt < attempts:
         if generate and isinstance(meta.get("generateName"), str):
             meta["name"] = objectmeta.generate_name(meta["generateName"])
             _safe(rt.apply_defaults, obj)   # defaults that derive from the name
         _safe(rt.prepare_for_create, obj)
         named = Target(rt, target.storage, meta.get("namespace") or "", meta.get("name") or "",
                        "")
+        admitted = None
         if run_admission and ctx is not None:
-            await admit(srv, ctx, admission.CREATE, named, obj, None, dry)
+            admitted = await admit(srv, ctx, admission.CREATE, named, obj, None, dry)
         validate(named, obj, None)
+        extra = txn.combine(admitted, await allocators.on_create(srv, rt, obj, dry))
         if dry:
             return obj
         data = target.storage.encode(to_storage(rt, target.storage, obj))
         try:
-            revision = await srv.store.create(named.key, data)
+            revision = await txn.create(srv.store, named.key, data, extra)
         except KeyExistsError:
-            if generate and attempt + 1 < attempts:
+            attempt += 1
+            if generate and attempt < attempts:
                 continue
             raise errors.already_exists(rt.plural, rt.group, named.name) from None
+        except txn.Retry:
+            extra.rollback()
+            retries = await txn.backoff(retries)
+            continue
         meta["resourceVersion"] = str(revision)
         return obj
     raise AssertionError("unreachable")
@@ -548,8 +565,8 @@ Mutation = Callable[[Obj], Awaitable[Obj] | Obj]
 
 
 async def update_object(srv: "APIServer", ctx: Ctx | None, target: Target, mutate: Mutation,
-                        dry: bool, *, create_missing: Callable[[], Awaitable[Obj]] | None = None
-                        ) -> tuple[Obj, bool]:
+                        dry: bool, *, create_missing: Callable[[], Awaitable[Obj]] | None = None,
+                        manage_fields: bool = True) -> tuple[Obj, bool]:
     """Read, change and write back with optimistic concurrency; (object, created).
 
     `mutate` gets a private copy of the current object (in the type's shape) and returns
@@ -598,23 +615,28 @@ async def update_object(srv: "APIServer", ctx: Ctx | None, target: Target, mutat
                 new.pop("status", None)
         requested_spec = copy.deepcopy(new.get("spec")) if special.keeps_request(rt) else None
         _safe(rt.apply_defaults, new)
+        if manage_fields:
+            managedfields.record_update(rt, managedfields.manager_of(ctx), target.subresource,
+                                        old, new)
         special.prepare_update(rt, target.subresource, new, old, requested_spec)
         objectmeta.keep_system_fields(rt, new, old)
         _safe(rt.prepare_for_update, new, old)
-        await admit(srv, ctx, admission.UPDATE, target, new, old, dry)
+        admitted = await admit(srv, ctx, admission.UPDATE, target, new, old, dry)
         if target.subresource != "binding":
             # A binding sets spec.nodeName, which no pod update may change.
             validate(target, new, old)
+        extra = txn.combine(admitted, await allocators.on_update(srv, rt, new, old, dry))
         meta["resourceVersion"] = str(kv.mod_revision)
         if objectmeta.same_object(new, old):
             return old, False
         if special.should_delete_on_update(rt, new):
             if not dry:
                 try:
-                    await srv.store.delete(target.key, kv.mod_revision)
+                    await txn.delete(srv.store, target.key, kv.mod_revision,
+                                     allocators.on_delete(rt, old))
                 except KeyNotFoundError:
                     raise target.not_found() from None
-                except ConflictError:
+                except (ConflictError, txn.Retry):
                     if wanted_rv:
                         raise errors.conflict(rt.plural, rt.group, target.name,
                                               errors.MODIFIED) from None
@@ -624,12 +646,14 @@ async def update_object(srv: "APIServer", ctx: Ctx | None, target: Target, mutat
             return new, False
         data = storage.encode(to_storage(rt, storage, new))
         try:
-            revision = await srv.store.update(target.key, data, kv.mod_revision)
+            revision = await txn.update(srv.store, target.key, data, kv.mod_revision, extra)
         except KeyNotFoundError:
             raise target.not_found() from None
         except ConflictError:
             if wanted_rv:
                 raise errors.conflict(rt.plural, rt.group, target.name, errors.MODIFIED) from None
+            continue
+        except txn.Retry:
             continue
         meta["resourceVersion"] = str(revision)
         return new, False
@@ -689,13 +713,17 @@ async def read_patch(ctx: Ctx) -> tuple[str, Any]:
     try:
         return content_type, orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        if content_type == patching.APPLY_PATCH:
+            return content_type, patching.load_yaml(raw)
         raise errors.bad_request(f"error decoding patch: {exc}") from None
 
 
-def apply_patch_to(kind: str, body: Any, doc: Obj) -> Obj:
+def apply_patch_to(kind: str, body: Any, doc: Obj, rt: ResourceType | None = None) -> Obj:
     try:
         if kind == patching.JSON_PATCH:
             result = patching.json_patch(doc, body)
+        elif kind == patching.STRATEGIC_MERGE_PATCH:
+            result = patching.strategic_patch(doc, body, rt)
         else:
             if not isinstance(body, dict):
                 raise patching.PatchError("merge patch must be a JSON object", invalid=False)
@@ -710,7 +738,7 @@ def apply_patch_to(kind: str, body: Any, doc: Obj) -> Obj:
 
 
 def apply_patch(rt: ResourceType, kind: str, body: Any, old: Obj) -> Obj:
-    result = apply_patch_to(kind, body, old)
+    result = apply_patch_to(kind, body, old, rt)
     if result.get("apiVersion", rt.api_version) != rt.api_version or \
             result.get("kind", rt.kind) != rt.kind:
         raise errors.bad_request("the patch may not change apiVersion or kind")
@@ -724,12 +752,18 @@ async def patch(srv: "APIServer", ctx: Ctx, target: Target) -> web.Response:
     dry = dry_run(ctx)
     validation = field_validation(ctx)
     rt = target.rt
+    if kind == patching.APPLY_PATCH:
+        return await applying.serve(srv, ctx, target, body, dry)
+    applying.check_options(ctx, kind)
 
     def mutate(old: Obj) -> Obj:
-        # The stored rv is not a precondition unless the patch itself sets one.
-        patched_from = copy.deepcopy(old)
-        objectmeta.meta(patched_from).pop("resourceVersion", None)
-        result = apply_patch(rt, kind, body, patched_from)
+        # Patches see the stored rv (a JSON patch may test it); it is a precondition only
+        # when the patch changes it.
+        stored_rv = objectmeta.meta(old).get("resourceVersion")
+        result = apply_patch(rt, kind, body, copy.deepcopy(old))
+        if isinstance(result.get("metadata"), dict) and \
+                result["metadata"].get("resourceVersion") == stored_rv:
+            result["metadata"].pop("resourceVersion", None)
         result = fieldcheck.check_object(ctx, rt, result, validation)
         if target.subresource == "status":
             return _status_only(old, result)
@@ -850,10 +884,11 @@ async def delete_object(srv: "APIServer", ctx: Ctx, target: Target, options: Obj
             if dry:
                 return _success(target, obj), True
             try:
-                await srv.store.delete(target.key, kv.mod_revision)
+                await txn.delete(srv.store, target.key, kv.mod_revision,
+                                 allocators.on_delete(rt, obj))
             except KeyNotFoundError:
                 raise target.not_found() from None
-            except ConflictError:
+            except (ConflictError, txn.Retry):
                 continue
             return _success(target, obj), True
         if not meta.get("deletionTimestamp"):

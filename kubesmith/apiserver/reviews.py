@@ -96,15 +96,18 @@ async def self_subject_review(srv: "APIServer", ctx: Ctx, obj: Obj) -> None:
 
 
 async def token_review(srv: "APIServer", ctx: Ctx, obj: Obj) -> None:
-    token = (obj.get("spec") or {}).get("token") or ""
-    user = await srv.authenticator.authenticate_token(token) if token else None
-    if user is None:
+    spec = obj.get("spec") or {}
+    token = spec.get("token") or ""
+    wanted = spec.get("audiences")
+    wanted = [a for a in wanted if isinstance(a, str)] if isinstance(wanted, list) else []
+    if not token:
         obj["status"] = {"user": {}, "authenticated": False}
-        if token:
-            obj["status"]["error"] = "token not recognized by any authenticator"
         return
-    obj["status"] = {"authenticated": True, "user": user.to_dict(),
-                     "audiences": list((obj.get("spec") or {}).get("audiences") or [])}
+    user, audiences, problem = await srv.authenticator.review_token(token, wanted or None)
+    if user is None:
+        obj["status"] = {"user": {}, "authenticated": False, "error": problem}
+        return
+    obj["status"] = {"authenticated": True, "user": user.to_dict(), "audiences": audiences}
 
 
 HANDLERS = {

@@ -25,14 +25,17 @@ from aiohttp import web
 from kubesmith.api.registry import REGISTRY, ResourceType
 from kubesmith.apiserver import (
     admission,
+    allocators,
     authz,
     bootstrap,
     bootstrap_policy,
     compaction,
     endpoints,
     errors,
+    nodegraph,
     requestinfo,
     rest,
+    serviceaccount,
 )
 from kubesmith.apiserver.authn import MASTERS, Authenticator, UserInfo
 from kubesmith.apiserver.context import Ctx, respond
@@ -56,6 +59,8 @@ MAX_REQUEST_BYTES = 3 * 1024 * 1024 + 64 * 1024   # upstream's 3 MiB, plus envel
 RBAC_GROUP = "rbac.authorization.k8s.io"
 RBAC_PLURALS = ("clusterroles", "clusterrolebindings", "roles", "rolebindings")
 STARTUP_WAIT = 5.0      # seconds a request may wait for the RBAC caches at startup
+# Streams with no time limit and outside the in-flight counts, as upstream's.
+LONG_RUNNING_SUBRESOURCES = ("log", "exec", "attach", "portforward", "proxy")
 
 
 class StaticRBAC:
@@ -154,13 +159,14 @@ class APIServer:
             if options.encryption_provider_config else None
         self.storage = StorageMap(self.store, REGISTRY, encryption)
         self.caches: dict[bytes, WatchCache] = {}
-        self.authenticator = Authenticator(options.anonymous_auth)
+        self.authenticator = Authenticator(options.anonymous_auth,
+                                           serviceaccount.token_authenticators(self))
         self.rbac: authz.RBAC | None = None
         self.rbac_source: CacheRBAC | None = None
         self.authorizer = self._authorizer()
         self._startup_authorizer = authz.Chain([authz.PrivilegedGroups((MASTERS,)),
                                                 authz.RBAC(StaticRBAC())])
-        self.admission = admission.build(options.admission_plugins, self.get_namespace)
+        self.admission = admission.build(options.admission_plugins, self.get_namespace, self)
         address = options.advertise_address or options.bind_address
         self.discovery = endpoints.Discovery(f"{address}:{options.secure_port}")
         self.health = endpoints.Health()
@@ -182,7 +188,8 @@ class APIServer:
             elif mode == "AlwaysDeny":
                 chain.append(authz.AlwaysDeny())
             elif mode == "Node":
-                chain.append(authz.Node(bootstrap_policy.node_rules()))
+                chain.append(authz.Node(bootstrap_policy.node_rules(),
+                                        nodegraph.for_server(self)))
             elif mode == "RBAC":
                 caches = {}
                 for plural in RBAC_PLURALS:
@@ -284,7 +291,8 @@ class APIServer:
             await self._authorize(ctx)
             long_running = info.verb == "watch" or (
                 info.is_resource and request.method == "GET" and
-                request.query.get("watch") in ("1", "true", "True"))
+                request.query.get("watch") in ("1", "true", "True")) or (
+                info.is_resource and info.subresource in LONG_RUNNING_SUBRESOURCES)
             if not long_running:
                 kind = "readOnly" if request.method in ("GET", "HEAD") else "mutating"
                 limit = (self.options.max_requests_inflight if kind == "readOnly"
@@ -495,6 +503,7 @@ class APIServer:
             try:
                 await bootstrap.namespaces(self)
                 await bootstrap.rbac(self)
+                await allocators.repair(self)
                 await bootstrap.kubernetes_service(self)
                 self.bootstrapped.set()
                 log.info("bootstrap complete")

@@ -17,7 +17,8 @@ from aiohttp import web
 
 from kubesmith.api import validation
 from kubesmith.api.registry import ResourceType
-from kubesmith.apiserver import errors, negotiation, objectmeta, reviews
+from kubesmith.apiserver import (errors, eviction, kubeletproxy, negotiation,
+                                 objectmeta, reviews, serviceaccount)
 from kubesmith.apiserver.context import Ctx, respond
 
 if TYPE_CHECKING:
@@ -47,6 +48,9 @@ def keeps_request(rt: ResourceType) -> bool:
 def prepare_update(rt: ResourceType, subresource: str, new: Obj, old: Obj,
                    requested_spec: Any) -> None:
     """After defaulting, before validation."""
+    if _is(rt, "", "services") and not subresource:
+        from kubesmith.apiserver import allocators
+        allocators.drop_type_dependent_fields(new, old)
     if _is(rt, "", "namespaces"):
         # spec.finalizers change only through .../finalize.
         source = requested_spec if subresource == "finalize" else old.get("spec")
@@ -267,6 +271,9 @@ SUBRESOURCES = {
     "scale": scale,
     "finalize": finalize,
     "binding": pod_binding,
+    "eviction": eviction.evict,
+    **kubeletproxy.SUBRESOURCES,
+    "token": serviceaccount.token_request,
 }
 
 

@@ -48,12 +48,23 @@ Obj = dict[str, Any]
 BOOKMARK_INTERVAL = 60.0
 LIVENESS_CHECK = 5.0
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+WRITE_BATCH = 1 << 20    # bytes of events sent in one write at most (a backlog)
 
 
 class _Expired(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+
+async def _wait(wake: asyncio.Event, timeout: float) -> None:
+    """Until `wake` is set or `timeout` passes. A timer instead of asyncio.wait_for, which
+    makes a task per call: this runs for every watcher on every event."""
+    timer = asyncio.get_running_loop().call_later(max(timeout, 0.0), wake.set)
+    try:
+        await wake.wait()
+    finally:
+        timer.cancel()
 
 
 class _CacheSource:
@@ -64,10 +75,7 @@ class _CacheSource:
         watcher = self.watcher
         if not watcher.pending and not watcher.terminated:
             watcher.wake.clear()
-            try:
-                await asyncio.wait_for(watcher.wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await _wait(watcher.wake, timeout)
         if watcher.pending:
             events = list(watcher.pending)
             watcher.pending.clear()
@@ -117,10 +125,7 @@ class _EtcdSource:
     async def next(self, timeout: float) -> list[CacheEvent] | None:
         if not self.pending and not self.done:
             self.wake.clear()
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await _wait(self.wake, timeout)
         if self.pending:
             events = list(self.pending)
             self.pending.clear()
@@ -239,7 +244,8 @@ async def serve(srv: "APIServer", ctx: "Ctx", target: "Target", name: str
     plain = not output.transform
     memo_key = (rt.group, rt.version, rt.plural)
 
-    async def send_event(event: CacheEvent) -> None:
+    def event_lines(event: CacheEvent, out: list[bytes]) -> None:
+        """The line(s) an event makes for this watch, appended to `out`."""
         if sel.empty:
             event_type, obj = event.type, event.obj
             if plain:
@@ -248,9 +254,9 @@ async def serve(srv: "APIServer", ctx: "Ctx", target: "Target", name: str
                 if data is None:
                     data = encode(event_type, to_type(rt, storage, obj))
                     event.memo[key] = data
-                await response.write(data)
+                out.append(data)
                 return
-            await response.write(encode(event_type, to_type(rt, storage, obj)))
+            out.append(encode(event_type, to_type(rt, storage, obj)))
             return
         current = to_type(rt, storage, event.obj)
         now_in = event.type != DELETED and sel.matches(current)
@@ -258,16 +264,16 @@ async def serve(srv: "APIServer", ctx: "Ctx", target: "Target", name: str
         was_in = prev is not None and sel.matches(prev) if event.type != ADDED else False
         if event.type == DELETED:
             if sel.matches(current):
-                await response.write(encode(DELETED, current))
+                out.append(encode(DELETED, current))
             return
         if now_in and was_in:
-            await response.write(encode(MODIFIED, current))
+            out.append(encode(MODIFIED, current))
         elif now_in:
-            await response.write(encode(ADDED, current))
+            out.append(encode(ADDED, current))
         elif was_in:
             gone = dict(prev, metadata=dict(prev.get("metadata") or {},
                                             resourceVersion=str(event.rv)))
-            await response.write(encode(DELETED, gone))
+            out.append(encode(DELETED, gone))
 
     def bookmark(rv: int, initial_end: bool = False) -> bytes:
         meta: Obj = {"resourceVersion": str(rv)}
@@ -286,10 +292,17 @@ async def serve(srv: "APIServer", ctx: "Ctx", target: "Target", name: str
     last_bookmark = since or 0
     try:
         await response.prepare(ctx.request)
+        lines, size = [], 0
         for obj in initial:
             typed = to_type(rt, storage, obj)
             if sel.empty or sel.matches(typed):
-                await response.write(encode(ADDED, typed))
+                lines.append(encode(ADDED, typed))
+                size += len(lines[-1])
+                if size >= WRITE_BATCH:
+                    await response.write(b"".join(lines))
+                    lines, size = [], 0
+        if lines:
+            await response.write(b"".join(lines))
         if send_initial:
             await response.write(bookmark(snapshot_rv, True))
             last_bookmark = snapshot_rv
@@ -308,10 +321,21 @@ async def serve(srv: "APIServer", ctx: "Ctx", target: "Target", name: str
                 break
             if events is None:
                 break
+            # Every event of one wake-up in one write: one TLS record and one send, not
+            # one per event, when a watcher has several pending.
+            lines: list[bytes] = []
+            size = 0
             for event in events:
                 if since is not None and event.rv <= since:
                     continue
-                await send_event(event)
+                count = len(lines)
+                event_lines(event, lines)
+                size += sum(len(line) for line in lines[count:])
+                if size >= WRITE_BATCH:
+                    await response.write(b"".join(lines))
+                    lines, size = [], 0
+            if lines:
+                await response.write(lines[0] if len(lines) == 1 else b"".join(lines))
             if bookmarks and time.monotonic() >= next_bookmark:
                 rv = source.safe_revision
                 if rv >= last_bookmark:

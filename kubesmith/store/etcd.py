@@ -392,6 +392,11 @@ class EtcdStore:
         reply = await self._call(_DELETE, request, False)
         return reply.deleted, reply.header.revision
 
+    async def txn(self, compare, success, failure=()) -> pb.TxnResponse:
+        """One etcd transaction of etcd's own Compare and RequestOp messages; the raw reply."""
+        request = pb.TxnRequest(compare=compare, success=success, failure=failure)
+        return await self._call(_TXN, request, False)
+
     async def compact(self, revision: int, *, physical: bool = False) -> None:
         """Drop history older than revision (the newest version of each key stays).
 

@@ -189,7 +189,7 @@ def test_status_errors(cluster, ns):
     assert answer.status == 400 and status_of(answer)["reason"] == "BadRequest"
 
     answer = cluster.request("PATCH", path + "/dup", {"data": {"x": "y"}},
-                             content_type="application/strategic-merge-patch+json")
+                             content_type="application/x-unknown-patch+json")
     assert answer.status == 415 and status_of(answer)["reason"] == "UnsupportedMediaType"
 
     answer = cluster.request("POST", path, b"{not json")
@@ -317,11 +317,13 @@ def test_status_subresource(cluster, ns):
     quota = {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "3"}},
              "status": {"hard": {"pods": "99"}}}
     created = cluster.request("POST", path, quota).json()
-    assert created["status"] == {}                     # status is the server's on create
+    # status is the server's on create (a quota's: its own accounting)
+    assert created["status"] == {"hard": {"pods": "3"}, "used": {"pods": "0"}}
     created["status"] = {"hard": {"pods": "3"}, "used": {"pods": "1"}}
     created["spec"]["hard"]["pods"] = "4"
     updated = cluster.request("PUT", path + "/q", created).json()
-    assert updated["status"] == {} and updated["spec"]["hard"]["pods"] == "4"
+    assert updated["status"] == {"hard": {"pods": "4"}, "used": {"pods": "0"}}
+    assert updated["spec"]["hard"]["pods"] == "4"
     updated["status"] = {"hard": {"pods": "4"}, "used": {"pods": "1"}}
     updated["spec"]["hard"]["pods"] = "5"
     answer = cluster.request("PUT", path + "/q/status", updated).json()
@@ -603,6 +605,9 @@ def test_secrets_are_encrypted_at_rest(cluster, ns):
 
 
 def test_pod_binding(cluster, ns):
+    # The ServiceAccount admission plugin needs the account (the controller-manager's job).
+    cluster.request("POST", f"/api/v1/namespaces/{ns}/serviceaccounts",
+                    {"metadata": {"name": "default"}})
     pod = {"metadata": {"name": "p"},
            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
     answer = cluster.request("POST", f"/api/v1/namespaces/{ns}/pods", pod)
