@@ -13,6 +13,7 @@ applied after the merge, so defaulted fields belong to nobody.
 from __future__ import annotations
 
 import copy
+import json
 from typing import TYPE_CHECKING, Any
 
 from kubesmith.api import validation
@@ -142,7 +143,6 @@ def _key_field(path: Path) -> bool:
     """A key field of a list item (removing it would unmake the item)."""
     if len(path) < 2 or not path[-1].startswith("f:") or not path[-2].startswith("k:"):
         return False
-    import json
     try:
         return path[-1][2:] in json.loads(path[-2][2:])
     except ValueError:

@@ -152,7 +152,8 @@ def test_compare_reports_added_modified_removed():
     containers(new).append({"name": "extra", "image": "e"})
     added, modified, removed = mf.compare(DEP, old, new)
     assert ("f:spec", "f:replicas") in modified
-    assert ("f:metadata", "f:labels") in removed and ("f:metadata", "f:labels", "f:app") in removed
+    assert ("f:metadata", "f:labels") in removed
+    assert ("f:metadata", "f:labels", "f:app") in removed
     item = ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"extra"}')
     assert item in added and item + ("f:image",) in added
     assert mf.compare(DEP, old, copy.deepcopy(old)) == (set(), set(), set())
@@ -179,7 +180,7 @@ def test_update_ownership_moves_to_the_writer():
     assert "managedFields" not in reset["metadata"]
 
 
-# --- server-side apply -----------------------------------------------------------------------------
+# --- server-side apply ---------------------------------------------------------------------------
 
 def test_apply_conflicts_force_and_removal():
     config = deployment()
