@@ -548,7 +548,7 @@ def mount_token(pod: Obj) -> None:
         spec["volumes"] = volumes
 
 
-def _pod_secret_names(pod: Obj) -> bool:
+def _references_secrets(pod: Obj) -> bool:
     from kubesmith.apiserver.nodegraph import SECRET, pod_references
     return any(kind == SECRET for kind, _, _ in pod_references(pod))
 
@@ -593,7 +593,7 @@ class ServiceAccountAdmission(admission.Plugin):
             if spec.get("serviceAccountName") or spec.get("serviceAccount"):
                 raise self._forbidden(request, "a mirror pod may not reference service "
                                                "accounts")
-            if _pod_secret_names(pod):
+            if _references_secrets(pod):
                 raise self._forbidden(request, "a mirror pod may not reference secrets")
             for volume in spec.get("volumes") or []:
                 for source in ((volume or {}).get("projected") or {}).get("sources") or []:

@@ -198,5 +198,10 @@ def test_node_pods(cluster, world):
     assert cluster.request("PATCH", f"{pods}/a", {"metadata": {"labels": {"x": "y"}}}, cert=k1,
                            content_type="application/merge-patch+json").status == 403
     assert cluster.request("DELETE", f"{pods}/b", cert=k1).status == 403
+    evict = cluster.request("POST", f"{pods}/b/eviction",
+                            {"apiVersion": "policy/v1", "kind": "Eviction",
+                             "metadata": {"name": "b"}}, cert=k1)
+    assert evict.status == 403
+    assert "can only evict pods with spec.nodeName set to itself" in evict.json()["message"]
     assert cluster.request("DELETE", f"{pods}/static-{n1}?gracePeriodSeconds=0",
                            cert=k1).status == 200

@@ -198,6 +198,16 @@ def test_token_request_validation_and_pod_binding(cluster, ns):
     # The token goes with the pod.
     assert cluster.request("DELETE", f"{pods}/web?gracePeriodSeconds=0").status == 200
     assert _wait_status(lambda: _as(cluster, token, "GET", pods), 401).status == 401
+    # A token bound to a node lives as long as the node.
+    node_name = f"bound-{ns}"
+    node = _create(cluster, "/api/v1/nodes", {"metadata": {"name": node_name}})
+    node_token = _token(cluster, ns, "robot", {"boundObjectRef": {
+        "kind": "Node", "apiVersion": "v1", "name": node_name}})["status"]["token"]
+    assert tokens.peek(node_token)[1]["kubernetes.io"]["node"] == {
+        "name": node_name, "uid": node["metadata"]["uid"]}
+    assert _wait_status(lambda: _as(cluster, node_token, "GET", pods), 200).status == 200
+    assert cluster.request("DELETE", f"/api/v1/nodes/{node_name}").status == 200
+    assert _wait_status(lambda: _as(cluster, node_token, "GET", pods), 401).status == 401
 
 
 def test_service_account_admission(cluster, ns):
