@@ -1,8 +1,8 @@
 """JSON Web Tokens (compact JWS) signed with the service-account key: RS256 for RSA keys,
 ES256/ES384/ES512 for EC P-256/P-384/P-521, as upstream picks from the key.
 
-Only what service-account tokens need: sign a claims object, and verify a token against a
-set of public keys (any of them may have signed it). The header carries upstream's key id:
+Only what service-account tokens need, on PyJWT's JWS layer: sign a claims object, and
+verify a token against a set of public keys (any of them may have signed it). The header carries upstream's key id:
 base64url(SHA-256(the public key in PKIX DER)). Claims (issuer, audience, times) are
 checked by the caller; this module only proves who signed what.
 """
@@ -15,22 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+import jwt
 import orjson
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 PrivateKey = Union[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]
 PublicKey = Union[rsa.RSAPublicKey, ec.EllipticCurvePublicKey]
 
-_EC_ALGORITHMS = {"secp256r1": ("ES256", hashes.SHA256, 32),
-                  "secp384r1": ("ES384", hashes.SHA384, 48),
-                  "secp521r1": ("ES512", hashes.SHA512, 66)}
+_EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+_JWS = jwt.PyJWS()
 # Far beyond any real token; refuses absurd input before any parsing work.
 MAX_TOKEN_BYTES = 64 * 1024
 
@@ -56,9 +51,9 @@ def algorithm_of(key: PrivateKey | PublicKey) -> str:
     if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
         return "RS256"
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
-        entry = _EC_ALGORITHMS.get(key.curve.name)
-        if entry is not None:
-            return entry[0]
+        alg = _EC_ALGORITHMS.get(key.curve.name)
+        if alg is not None:
+            return alg
     raise TokenError(f"unsupported key type {type(key).__name__}")
 
 
@@ -123,36 +118,18 @@ def load_public_keys(path: str | Path) -> list[PublicKey]:
     return keys
 
 
-def _sign(key: PrivateKey, alg: str, data: bytes) -> bytes:
-    if alg == "RS256":
-        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    _, hash_type, size = _EC_ALGORITHMS[key.curve.name]
-    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hash_type())))
-    return r.to_bytes(size, "big") + s.to_bytes(size, "big")
-
-
-def _verify(vk: VerifyKey, signature: bytes, data: bytes) -> bool:
+def _verify(vk: VerifyKey, token: str) -> bool:
     try:
-        if vk.alg == "RS256":
-            vk.key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-            return True
-        _, hash_type, size = _EC_ALGORITHMS[vk.key.curve.name]
-        if len(signature) != 2 * size:
-            return False
-        r = int.from_bytes(signature[:size], "big")
-        s = int.from_bytes(signature[size:], "big")
-        vk.key.verify(encode_dss_signature(r, s), data, ec.ECDSA(hash_type()))
+        _JWS.decode_complete(token, key=vk.key, algorithms=[vk.alg])
         return True
-    except (InvalidSignature, ValueError):
+    except jwt.PyJWTError:
         return False
 
 
 def encode(claims: dict, key: PrivateKey, kid: str | None = None) -> str:
-    alg = algorithm_of(key)
-    header = {"alg": alg, "kid": kid if kid is not None else key_id(key.public_key())}
-    signing_input = (b64encode(orjson.dumps(header)) + "." +
-                     b64encode(orjson.dumps(claims))).encode("ascii")
-    return signing_input.decode("ascii") + "." + b64encode(_sign(key, alg, signing_input))
+    # Upstream's header is {"alg", "kid"} only: no "typ".
+    header = {"kid": kid if kid is not None else key_id(key.public_key()), "typ": None}
+    return _JWS.encode(orjson.dumps(claims), key, algorithm=algorithm_of(key), headers=header)
 
 
 def peek(token: str) -> tuple[dict, dict]:
@@ -178,14 +155,12 @@ def decode(token: str, keys: list[VerifyKey]) -> dict:
     alg = header.get("alg")
     if header.get("crit") is not None:
         raise TokenError("unsupported critical header")
-    signing_input, _, signature_text = token.rpartition(".")
-    signature = b64decode(signature_text)
+    b64decode(token.rpartition(".")[2])   # a malformed signature is refused early
     kid = header.get("kid")
     candidates = [k for k in keys if k.alg == alg]
     # A matching kid is tried first; keys without a match are still tried, as upstream.
     candidates.sort(key=lambda k: k.kid != kid)
-    data = signing_input.encode("ascii")
     for vk in candidates:
-        if _verify(vk, signature, data):
+        if _verify(vk, token):
             return claims
     raise TokenError("invalid signature" if candidates else f"unsupported algorithm {alg!r}")
