@@ -145,3 +145,56 @@ def kube_apiserver(settings: ClusterSettings, topology: Topology, master: Machin
         ),
         files=files,
     )
+
+
+def kube_scheduler(settings: ClusterSettings, master: Machine) -> Component:
+    """kubesmith's kube-scheduler on one master, with kubeadm's flags; the masters elect
+    one leader through a Lease, so exactly one schedules."""
+    conf = "/etc/kubernetes/scheduler.conf"
+    return Component(
+        name="kube-scheduler",
+        description=f"kube-scheduler on {master.name} of cluster {settings.cluster_name}",
+        executable=f"{VENV}/bin/kube-scheduler",
+        flags=(
+            ("--kubeconfig", conf),
+            ("--authentication-kubeconfig", conf),
+            ("--authorization-kubeconfig", conf),
+            ("--bind-address", "127.0.0.1"),
+            ("--leader-elect", "true"),
+        ),
+        files=(conf,),
+    )
+
+
+def kube_controller_manager(settings: ClusterSettings, master: Machine) -> Component:
+    """kubesmith's kube-controller-manager on one master, with kubeadm's flags."""
+    conf = "/etc/kubernetes/controller-manager.conf"
+    files = (conf,) + tuple(f"{PKI}/{name}" for name in (
+        "ca.crt", "ca.key", "sa.key", "front-proxy-ca.crt"))
+    return Component(
+        name="kube-controller-manager",
+        description=f"kube-controller-manager on {master.name} of cluster "
+                    f"{settings.cluster_name}",
+        executable=f"{VENV}/bin/kube-controller-manager",
+        flags=(
+            ("--kubeconfig", conf),
+            ("--authentication-kubeconfig", conf),
+            ("--authorization-kubeconfig", conf),
+            ("--bind-address", "127.0.0.1"),
+            ("--leader-elect", "true"),
+            ("--cluster-name", settings.cluster_name),
+            ("--allocate-node-cidrs", "true"),
+            ("--cluster-cidr", str(settings.pod_cidr)),
+            ("--node-cidr-mask-size", str(settings.node_cidr_mask_size)),
+            ("--service-cluster-ip-range", str(settings.service_cidr)),
+            ("--client-ca-file", f"{PKI}/ca.crt"),
+            ("--requestheader-client-ca-file", f"{PKI}/front-proxy-ca.crt"),
+            ("--root-ca-file", f"{PKI}/ca.crt"),
+            ("--cluster-signing-cert-file", f"{PKI}/ca.crt"),
+            ("--cluster-signing-key-file", f"{PKI}/ca.key"),
+            ("--service-account-private-key-file", f"{PKI}/sa.key"),
+            ("--use-service-account-credentials", "true"),
+            ("--controllers", "*,bootstrapsigner,tokencleaner"),
+        ),
+        files=files,
+    )

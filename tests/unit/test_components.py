@@ -52,3 +52,25 @@ def test_systemd_unit_renders_the_component():
 def test_unsafe_flag_values_are_refused():
     with pytest.raises(ValueError):
         Component(name="x", description="x", executable="/bin/x", flags=(("--a", "two words"),))
+
+
+def test_control_plane_components_use_kubeadm_paths_and_flags():
+    settings = load_settings({})
+    master = THREE.masters[0]
+    apiserver = dict(components.kube_apiserver(settings, THREE, master).flags)
+    assert apiserver["--etcd-servers"] == ",".join(
+        f"https://10.240.0.{10 + i}:2379" for i in (1, 2, 3))
+    assert apiserver["--anonymous-auth"] == "false"
+    assert apiserver["--authorization-mode"] == "Node,RBAC"
+    assert "NodeRestriction" in apiserver["--enable-admission-plugins"]
+    scheduler = components.kube_scheduler(settings, master)
+    assert dict(scheduler.flags)["--kubeconfig"] == "/etc/kubernetes/scheduler.conf"
+    assert dict(scheduler.flags)["--leader-elect"] == "true"
+    manager = components.kube_controller_manager(settings, master)
+    flags = dict(manager.flags)
+    assert flags["--cluster-cidr"] == "10.244.0.0/16"
+    assert flags["--service-cluster-ip-range"] == "10.96.0.0/12"
+    assert flags["--service-account-private-key-file"] == "/etc/kubernetes/pki/sa.key"
+    assert "/etc/kubernetes/pki/ca.key" in manager.files
+    for component in (scheduler, manager):
+        assert component.executable.startswith("/opt/kubesmith/venv/bin/kube-")
