@@ -23,6 +23,7 @@ import time
 import types
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 from cryptography import x509
@@ -214,6 +215,21 @@ class Cluster:
     def client_cert(self, name: str, *groups: str) -> tuple[str, str]:
         """A client certificate signed by the cluster CA (cert file, key file)."""
         return issue_client_cert(self.pki, self.base, name, *groups)
+
+    def new_namespace(self, prefix: str, *, default_service_account: bool = False) -> str:
+        """A namespace of a test's own. Pods need its `default` ServiceAccount (the
+        ServiceAccount admission plugin refuses them otherwise), which a controller makes
+        in a cluster; here the test asks for it."""
+        name = prefix + uuid.uuid4().hex[:8]
+        answer = self.request("POST", "/api/v1/namespaces", {
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        assert answer.status == 201, answer.body
+        if default_service_account:
+            account = {"apiVersion": "v1", "kind": "ServiceAccount",
+                       "metadata": {"name": "default"}}
+            answer = self.request("POST", f"/api/v1/namespaces/{name}/serviceaccounts", account)
+            assert answer.status == 201, answer.body
+        return name
 
     def ssl_context(self, cert: tuple[str, str] | None | bool = True) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))

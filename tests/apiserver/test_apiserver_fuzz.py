@@ -54,10 +54,7 @@ bodies = st.one_of(
 
 @pytest.fixture(scope="module")
 def ns(cluster):
-    name = "fz-" + uuid.uuid4().hex[:8]
-    answer = cluster.request("POST", "/api/v1/namespaces",
-                             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    assert answer.status == 201, answer.body
+    name = cluster.new_namespace("fz-")
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "target"},
           "data": {"a": "1"}}
     assert cluster.request("POST", f"/api/v1/namespaces/{name}/configmaps", cm).status == 201

@@ -22,11 +22,7 @@ def status_of(answer) -> dict:
 @pytest.fixture
 def ns(cluster):
     """A fresh namespace for one test."""
-    name = "t-" + uuid.uuid4().hex[:8]
-    answer = cluster.request("POST", "/api/v1/namespaces",
-                             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    assert answer.status == 201, answer.body
-    return name
+    return cluster.new_namespace("t-")
 
 
 def configmap(name: str, labels: dict | None = None, **data) -> dict:

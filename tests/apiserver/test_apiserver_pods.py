@@ -7,7 +7,6 @@ import socket
 import ssl
 import threading
 import time
-import uuid
 
 import pytest
 import trustme
@@ -21,14 +20,7 @@ MERGE = "application/merge-patch+json"
 
 @pytest.fixture
 def ns(cluster):
-    name = "p-" + uuid.uuid4().hex[:8]
-    answer = cluster.request("POST", "/api/v1/namespaces",
-                             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    assert answer.status == 201, answer.body
-    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}
-    assert cluster.request("POST", f"/api/v1/namespaces/{name}/serviceaccounts",
-                           account).status in (201, 409)
-    return name
+    return cluster.new_namespace("p-", default_service_account=True)
 
 
 def pod(name: str, node: str | None = None, labels: dict | None = None) -> dict:

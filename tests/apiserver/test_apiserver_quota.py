@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,15 +11,7 @@ PODS = "/api/v1/namespaces/{ns}/pods"
 
 @pytest.fixture
 def ns(cluster):
-    name = "q-" + uuid.uuid4().hex[:8]
-    answer = cluster.request("POST", "/api/v1/namespaces",
-                             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    assert answer.status == 201, answer.body
-    # No controller runs here to make the namespace's default service account.
-    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}
-    assert cluster.request("POST", f"/api/v1/namespaces/{name}/serviceaccounts",
-                           account).status in (201, 409)
-    return name
+    return cluster.new_namespace("q-", default_service_account=True)
 
 
 def pod(name: str, **resources) -> dict:

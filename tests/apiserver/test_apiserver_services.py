@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -17,11 +16,7 @@ RANGE = ipaddress.ip_network("10.96.0.0/12")
 
 @pytest.fixture
 def ns(cluster):
-    name = "s-" + uuid.uuid4().hex[:8]
-    answer = cluster.request("POST", "/api/v1/namespaces",
-                             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    assert answer.status == 201, answer.body
-    return name
+    return cluster.new_namespace("s-")
 
 
 def service(name: str, type_: str = "ClusterIP", cluster_ip: str | None = None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 import yaml
@@ -20,9 +19,7 @@ ISSUER = "https://kubernetes.default.svc.cluster.local"
 
 @pytest.fixture
 def ns(cluster):
-    name = f"tok-{uuid.uuid4().hex[:8]}"
-    assert cluster.request("POST", "/api/v1/namespaces",
-                           {"metadata": {"name": name}}).status == 201
+    name = cluster.new_namespace("tok-")
     yield name
     cluster.request("DELETE", f"/api/v1/namespaces/{name}")
 
