@@ -3,6 +3,10 @@
 Certificates and keys may be embedded (`*-data`, base64) or given as files, as kubectl
 allows. Python's ssl module loads client keys only from files, so embedded ones are
 written to a private temporary folder just long enough to be loaded.
+
+`in_cluster()` is the same for a process running in a pod: the service account's token
+and CA from /var/run/secrets/kubernetes.io/serviceaccount and the API server's address
+from KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT.
 """
 from __future__ import annotations
 
@@ -26,6 +30,9 @@ class ClientConfig:
     ssl_context: ssl.SSLContext
     token: str | None = None
     user: str = ""
+    # Where the token came from: projected service-account tokens are rotated, so
+    # clients read this file again from time to time.
+    token_file: str | None = None
 
 
 def _named(items: list[dict] | None, name: str, what: str, source: Path) -> dict:
@@ -75,10 +82,45 @@ def load(path: str | os.PathLike, context: str | None = None) -> ClientConfig:
                     out.write(data)
             tls.load_cert_chain(cert_file, key_file)
     token = user.get("token")
+    token_file = None
     if not token and user.get("tokenFile"):
-        token = Path(user["tokenFile"]).read_text().strip()
+        token_file = user["tokenFile"]
+        token = Path(token_file).read_text().strip()
     server = cluster.get("server")
     if not server:
         raise KubeconfigError(f"{source}: cluster of context {context_name!r} has no server")
     return ClientConfig(server=server.rstrip("/"), ssl_context=tls, token=token,
-                        user=ctx.get("user", ""))
+                        user=ctx.get("user", ""), token_file=token_file)
+
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def in_cluster(directory: str | os.PathLike = SERVICE_ACCOUNT_DIR,
+               environ: dict[str, str] | None = None) -> ClientConfig:
+    """The config of a process running in a pod (client-go's rest.InClusterConfig)."""
+    env = os.environ if environ is None else environ
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise KubeconfigError("not running in a cluster: KUBERNETES_SERVICE_HOST and "
+                              "KUBERNETES_SERVICE_PORT must be set")
+    if ":" in host:   # an IPv6 address
+        host = f"[{host}]"
+    folder = Path(directory)
+    token_file = folder / "token"
+    try:
+        token = token_file.read_text().strip()
+        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cafile=str(folder / "ca.crt"))
+    except OSError as exc:
+        raise KubeconfigError(f"cannot read the service account in {folder}: {exc}") from None
+    return ClientConfig(server=f"https://{host}:{port}", ssl_context=tls, token=token,
+                        user="serviceaccount", token_file=str(token_file))
+
+
+def in_cluster_namespace(directory: str | os.PathLike = SERVICE_ACCOUNT_DIR) -> str:
+    """The namespace of the pod this process runs in ("default" when unknown)."""
+    try:
+        return Path(directory, "namespace").read_text().strip() or "default"
+    except OSError:
+        return "default"
