@@ -486,7 +486,11 @@ class Node:
             return child
 
     def field(self, name: str) -> "Node | None":
-        return self._child(name, (self.schema.get("properties") or {}).get(name))
+        """The schema of a field; None for a field the schema does not have."""
+        try:
+            return self._children[name]    # the walks ask for the same fields again
+        except KeyError:
+            return self._child(name, (self.schema.get("properties") or {}).get(name))
 
     @property
     def items(self) -> "Node | None":
@@ -660,6 +664,42 @@ def type_errors(target: Target, obj: Any) -> list[str]:
     top = root(target)
     _walk_types(top, obj, (top.name or "").rpartition(".")[2], "", out)
     return out
+
+
+def _clean(node: Node, value: Any) -> bool:
+    """No unknown field and no value of the wrong type at or under `value`: what
+    `type_errors` and `unknown_fields` would both find nothing in, without their paths."""
+    if value is None:
+        return True
+    if not _type_ok(node, value):
+        return False
+    kind = node.kind
+    if node.preserve_unknown or kind in ("any", "int-or-string", "quantity"):
+        return True
+    if kind == "object":
+        for key, child in value.items():
+            child_node = node.field(key)    # None for a field the schema lacks
+            if child_node is None or not _clean(child_node, child):
+                return False
+    elif kind == "map":
+        values = node.values
+        if values is not None:
+            for child in value.values():
+                if not _clean(values, child):
+                    return False
+    elif kind == "array":
+        items = node.items
+        if items is not None:
+            for child in value:
+                if not _clean(items, child):
+                    return False
+    return True
+
+
+def clean(target: Target, obj: Any) -> bool:
+    """True when `type_errors` and `unknown_fields` are both empty for obj (one walk that
+    builds no paths: the common case of a well-formed object is cheap)."""
+    return _clean(root(target), obj)
 
 
 def unknown_field_warnings(paths: Iterable[str]) -> list[str]:

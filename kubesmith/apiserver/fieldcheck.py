@@ -46,10 +46,11 @@ def _report(ctx, rt: ResourceType, obj: Any, mode: str, duplicates: list[str]) -
     root = _root(rt)
     if root is None:
         return obj
-    type_errors = schema.type_errors(rt, obj)
-    if type_errors:
-        raise _cannot_handle(rt, type_errors[0])
-    unknown = schema.unknown_fields(rt, obj)
+    if schema.clean(rt, obj):
+        # Nothing unknown and nothing mistyped (most requests): only duplicates to report.
+        unknown: list[str] = []
+    else:
+        unknown = _problems(rt, obj)
     if mode == "Strict":
         messages = [f'unknown field "{p}"' for p in unknown] + \
                    [f'duplicate field "{p}"' for p in duplicates]
@@ -64,6 +65,14 @@ def _report(ctx, rt: ResourceType, obj: Any, mode: str, duplicates: list[str]) -
     if unknown:
         _prune(root, obj)
     return obj
+
+
+def _problems(rt: ResourceType, obj: Any) -> list[str]:
+    """The unknown fields of obj; a 400 for the first value of the wrong type."""
+    type_errors = schema.type_errors(rt, obj)
+    if type_errors:
+        raise _cannot_handle(rt, type_errors[0])
+    return schema.unknown_fields(rt, obj)
 
 
 def _prune(node, value: Any) -> None:

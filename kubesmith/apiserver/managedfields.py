@@ -151,7 +151,7 @@ def compare(node: "schema.Node | None", old: Any, new: Any
     added: FieldSet = set()
     modified: FieldSet = set()
     removed: FieldSet = set()
-    _compare(node, old, new, (), added, modified, removed)
+    _compare(node, old, new, (), False, added, modified, removed)
     return added, modified, removed
 
 
@@ -160,18 +160,21 @@ def _empty(value: Any) -> bool:
                                                     and not value)
 
 
-def _compare(node, old, new, path: Path, added, modified, removed) -> None:
+def _compare(node, old, new, path: Path, in_item: bool, added, modified, removed) -> None:
+    """`in_item`: some element of `path` is a list item (k:, v: or i:)."""
+    if old is _MISSING:
+        # The common case (every create): all of new is added, nothing to compare.
+        _added(node, new, path, in_item, added)
+        return
     shape = _shape(node, new if new is not _MISSING else old)
-    other = _shape(node, old if old is not _MISSING else new)
+    other = _shape(node, old)
     if shape != other or shape == LEAF or (_empty(old) and _empty(new)) or \
-            (old is not _MISSING and new is not _MISSING and
+            (new is not _MISSING and
              type(old) is not type(new) and not (isinstance(old, (int, float)) and
                                                  isinstance(new, (int, float)))):
         if not path:
             return
-        if old is _MISSING:
-            added.add(path)
-        elif new is _MISSING:
+        if new is _MISSING:
             removed.add(path)
         elif old != new:
             modified.add(path)
@@ -187,13 +190,13 @@ def _compare(node, old, new, path: Path, added, modified, removed) -> None:
                 b = _MISSING
             if a is _MISSING and b is _MISSING:
                 continue
-            _compare(child(node, key), a, b, path + ("f:" + str(key),), added, modified,
-                     removed)
+            _compare(child(node, key), a, b, path + ("f:" + str(key),), in_item, added,
+                     modified, removed)
         # Added or removed maps are members themselves (labels: ".": {}); so are structs
         # inside list items. The struct skeleton of a kind (spec, template) is not, as
         # upstream's empty typed object already holds it.
-        if path and (shape == MAP or any(e[:2] in ("k:", "v:", "i:") for e in path)):
-            _node_change(old, new, path, added, removed)
+        if path and (shape == MAP or in_item) and new is _MISSING:
+            removed.add(path)
         return
     items = child(node, "*")
     left = _items(node, old)
@@ -202,28 +205,54 @@ def _compare(node, old, new, path: Path, added, modified, removed) -> None:
         a, b = left.get(element, _MISSING), right.get(element, _MISSING)
         sub_path = path + (element,)
         if shape == ASSOC:
-            _compare(items, a, b, sub_path, added, modified, removed)
+            _compare(items, a, b, sub_path, True, added, modified, removed)
         if a is _MISSING:
             added.add(sub_path)
         elif b is _MISSING:
             removed.add(sub_path)
         elif shape == SET and a != b:
             modified.add(sub_path)
-    if path:
-        _node_change(old, new, path, added, removed)
-
-
-def _node_change(old, new, path: Path, added: FieldSet, removed: FieldSet) -> None:
-    if old is _MISSING:
-        added.add(path)
-    elif new is _MISSING:
+    if path and new is _MISSING:
         removed.add(path)
+
+
+def _added(node, new, path: Path, in_item: bool, added: FieldSet) -> None:
+    """`_compare` from nothing to `new`: every field of new is added."""
+    shape = _shape(node, new)
+    if shape == LEAF or _empty(new):
+        if path:
+            added.add(path)
+        return
+    if shape in (STRUCT, MAP):
+        for key, value in new.items():
+            if value is not None:
+                _added(child(node, key), value, path + ("f:" + str(key),), in_item, added)
+        if path and (shape == MAP or in_item):
+            added.add(path)
+        return
+    items = child(node, "*")
+    for element, item in _items(node, new).items():
+        sub_path = path + (element,)
+        if shape == ASSOC:
+            _added(items, item, sub_path, True, added)
+        added.add(sub_path)
+    if path:
+        added.add(path)
 
 
 def without(paths: FieldSet, prefixes: Iterable[Path]) -> FieldSet:
     """The paths not under any of the prefixes (upstream's recursive difference)."""
-    prefixes = tuple(prefixes)
-    return {p for p in paths if not any(p[:len(x)] == x for x in prefixes)}
+    prefixes = set(prefixes)
+    # One set lookup per prefix length rather than one comparison per prefix.
+    lengths = sorted({len(x) for x in prefixes})
+    out: FieldSet = set()
+    for p in paths:
+        for n in lengths:
+            if p[:n] in prefixes:
+                break
+        else:
+            out.add(p)
+    return out
 
 
 def only_under(paths: FieldSet, prefix: Path) -> FieldSet:
@@ -232,18 +261,20 @@ def only_under(paths: FieldSet, prefix: Path) -> FieldSet:
 
 def scoped(rt: ResourceType, subresource: str, paths: FieldSet) -> FieldSet:
     """The fields a request to the resource or one of its subresources may own."""
-    paths = without(paths, _STRIPPED)
     if subresource == "status":
-        return only_under(paths, ("f:status",))
+        return only_under(without(paths, _STRIPPED), ("f:status",))
     if rt.has_status:
-        return without(paths, [("f:status",)])
-    return paths
+        return without(paths, _STRIPPED + (("f:status",),))
+    return without(paths, _STRIPPED)
 
 
 # --- FieldsV1 ---------------------------------------------------------------------------------
 
+_ELEMENT_ORDER = {"f": 0, "k": 1, "v": 2, "i": 3}
+
+
 def _element_order(element: str) -> tuple[int, str]:
-    return ({"f": 0, "k": 1, "v": 2, "i": 3}.get(element[:1], 4), element)
+    return (_ELEMENT_ORDER.get(element[:1], 4), element)
 
 
 def encode(paths: FieldSet) -> dict:
@@ -254,16 +285,19 @@ def encode(paths: FieldSet) -> dict:
         for element in path:
             node = node.setdefault(element, {})
         node["."] = {}
+    return _render(tree)
 
-    def render(node: dict) -> dict:
-        children = {k: v for k, v in node.items() if k != "."}
-        if not children:
-            return {}
-        out: dict = {".": {}} if "." in node else {}
-        for key in sorted(children, key=_element_order):
-            out[key] = render(children[key])
-        return out
-    return render(tree)
+
+def _render(node: dict) -> dict:
+    if len(node) == 1 and "." in node:
+        return {}   # a member without children (most paths end so)
+    out: dict = {".": {}} if "." in node else {}
+    keys = sorted(k for k in node if k != ".")
+    if keys and keys[0][:1] != keys[-1][:1]:
+        keys.sort(key=_element_order)   # mixed kinds of element: upstream's order
+    for key in keys:
+        out[key] = _render(node[key])
+    return out
 
 
 def decode(fields: Any, prefix: Path = ()) -> FieldSet:

@@ -61,6 +61,8 @@ RBAC_PLURALS = ("clusterroles", "clusterrolebindings", "roles", "rolebindings")
 STARTUP_WAIT = 5.0      # seconds a request may wait for the RBAC caches at startup
 # Streams with no time limit and outside the in-flight counts, as upstream's.
 LONG_RUNNING_SUBRESOURCES = ("log", "exec", "attach", "portforward", "proxy")
+# asyncio.timeout (Python 3.11+) bounds a request without a task of its own.
+_timeout = getattr(asyncio, "timeout", None)
 
 
 class StaticRBAC:
@@ -354,6 +356,10 @@ class APIServer:
         if limit <= 0:
             return await self._dispatch(ctx)
         try:
+            if _timeout is not None:
+                # In this task: asyncio.wait_for would make a task for every request.
+                async with _timeout(limit):
+                    return await self._dispatch(ctx)
             return await asyncio.wait_for(self._dispatch(ctx), limit)
         except asyncio.TimeoutError:
             raise errors.timeout("request did not complete within requested timeout - "
