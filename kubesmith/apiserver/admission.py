@@ -78,6 +78,45 @@ class NamespaceLifecycle(Plugin):
                 "is being terminated")
 
 
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+
+
+class DefaultTolerationSeconds(Plugin):
+    """Every new pod tolerates the not-ready and unreachable NoExecute taints for a
+    while (300 s by default), unless it says otherwise: a node that misses a few
+    heartbeats does not have its pods evicted at once."""
+    name = "DefaultTolerationSeconds"
+
+    def __init__(self, not_ready_seconds: int, unreachable_seconds: int):
+        self.seconds = {NOT_READY_TAINT: not_ready_seconds,
+                        UNREACHABLE_TAINT: unreachable_seconds}
+
+    async def admit(self, request: Request) -> None:
+        rt = request.rt
+        if request.operation != CREATE or request.subresource or rt.group != "" or \
+                rt.plural != "pods" or not isinstance(request.obj, dict):
+            return
+        spec = request.obj.setdefault("spec", {})
+        tolerations = spec.get("tolerations") or []
+        for key, seconds in self.seconds.items():
+            # A toleration that already covers the NoExecute taint (by key, or an
+            # empty key with Exists, for any or NoExecute effect) is left as it is.
+            if any(_tolerates_no_execute(t, key) for t in tolerations):
+                continue
+            tolerations.append({"key": key, "operator": "Exists", "effect": "NoExecute",
+                                "tolerationSeconds": seconds})
+        spec["tolerations"] = tolerations
+
+
+def _tolerates_no_execute(toleration: dict, key: str) -> bool:
+    if toleration.get("effect") not in (None, "", "NoExecute"):
+        return False
+    if not toleration.get("key"):
+        return toleration.get("operator") == "Exists"
+    return toleration.get("key") == key
+
+
 class Chain:
     def __init__(self, plugins: list[Plugin]):
         self.plugins = plugins
@@ -102,6 +141,11 @@ def build(enabled: list[str], get_namespace: NamespaceGetter, server=None) -> Ch
         from kubesmith.apiserver import noderestriction, serviceaccount
         available["ServiceAccount"] = lambda: serviceaccount.ServiceAccountAdmission(server)
         available["NodeRestriction"] = lambda: noderestriction.NodeRestriction(server)
+    if server is not None:
+        options = server.options
+        available["DefaultTolerationSeconds"] = lambda: DefaultTolerationSeconds(
+            options.default_not_ready_toleration_seconds,
+            options.default_unreachable_toleration_seconds)
     plugins, skipped = [], []
     for name in enabled:
         factory = available.get(name)

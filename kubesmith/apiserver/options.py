@@ -146,6 +146,8 @@ class Options:
     kubelet_certificate_authority: str | None = None
     encryption_provider_config: str | None = None
     allow_privileged: bool = False
+    default_not_ready_toleration_seconds: int = 300
+    default_unreachable_toleration_seconds: int = 300
     v: int = 0
     watch_cache: bool = True
     default_watch_cache_size: int = 100
@@ -212,6 +214,10 @@ def _parser() -> argparse.ArgumentParser:
          "certificates (not verified without it)")
     flag("--encryption-provider-config", help_="EncryptionConfiguration file")
     flag("--allow-privileged", boolean=True, help_="allow privileged containers")
+    flag("--default-not-ready-toleration-seconds", int,
+         "tolerationSeconds of the not-ready:NoExecute toleration every pod gets (300)")
+    flag("--default-unreachable-toleration-seconds", int,
+         "tolerationSeconds of the unreachable:NoExecute toleration every pod gets (300)")
     flag("--watch-cache", boolean=True, help_="serve watches and rv=0 reads from memory")
     flag("--default-watch-cache-size", int, "recent events kept per resource (default 100)")
     flag("--max-requests-inflight", int, "concurrent read requests before 429 (default 400)")

@@ -315,3 +315,26 @@ def test_kubelet_certificate_is_verified_with_a_ca(cluster, ns, kubelet):
     assert answers["good"].body.decode() == f"log of {ns}/v/app\n"
     assert answers["wrong"].status == 500
     assert "certificate verify failed" in answers["wrong"].json()["message"]
+
+
+# --- DefaultTolerationSeconds admission ------------------------------------------------
+
+def test_new_pods_tolerate_not_ready_and_unreachable_for_300_seconds(cluster, ns):
+    assert cluster.request("POST", PODS.format(ns=ns), pod("tol")).status == 201
+    tolerations = cluster.request("GET", PODS.format(ns=ns) + "/tol").json()[
+        "spec"]["tolerations"]
+    assert {"key": "node.kubernetes.io/not-ready", "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 300} in tolerations
+    assert {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+            "effect": "NoExecute", "tolerationSeconds": 300} in tolerations
+    # A pod's own toleration for one of them is kept as it is.
+    own = pod("own")
+    own["spec"]["tolerations"] = [{"key": "node.kubernetes.io/unreachable",
+                                   "operator": "Exists", "effect": "NoExecute",
+                                   "tolerationSeconds": 3}]
+    assert cluster.request("POST", PODS.format(ns=ns), own).status == 201
+    tolerations = cluster.request("GET", PODS.format(ns=ns) + "/own").json()[
+        "spec"]["tolerations"]
+    unreachable = [t for t in tolerations if t["key"] == "node.kubernetes.io/unreachable"]
+    assert unreachable == own["spec"]["tolerations"]
+    assert len(tolerations) == 2
