@@ -1,0 +1,215 @@
+"""Runs the enabled controllers of one kube-controller-manager process.
+
+    manager = ControllerManager(client, options, host=hostname)
+    await manager.run()          # until cancelled
+
+Every module of kubesmith.controllers is imported so each registers its controllers;
+the enabled ones (--controllers) are built from one ControllerContext, the informers
+they asked for are started and synced, then each controller's run(workers) is a task.
+A controller whose run() raises (or returns) is logged and run again after a backoff;
+the others carry on, as the process does.
+
+`run_process()` adds what the process does around that: the /healthz listener, and
+leader election on the Lease kube-system/kube-controller-manager, with controllers
+running only while this process leads. Losing the lease ends the process non-zero as
+upstream's does ("leaderelection lost"); SIGTERM releases the lease and ends it with 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import logging
+import pkgutil
+import socket
+import uuid
+from typing import Any
+
+import kubesmith.controllers as package
+from kubesmith.client.informers import InformerFactory
+from kubesmith.client.leaderelection import LeaderElector
+from kubesmith.client.ratelimit import Backoff
+from kubesmith.client.rest import ApiClient
+from kubesmith.controllers import CONTROLLERS, DISABLED_BY_DEFAULT
+from kubesmith.controllers.context import ControllerContext
+from kubesmith.controllers.options import (
+    UPSTREAM_CONTROLLERS,
+    UPSTREAM_DISABLED_BY_DEFAULT,
+    Options,
+    canonical_name,
+    is_enabled,
+)
+
+log = logging.getLogger(__name__)
+
+# The process's own modules; every other module of the package may hold controllers.
+_NOT_CONTROLLERS = {"main", "manager", "options", "context"}
+SYNC_WAIT_LOG_EVERY = 30.0
+EXIT_LEADERSHIP_LOST = 1
+
+# Controller (upstream's name) -> the Options field holding its worker count.
+WORKER_OPTIONS = {
+    "deployment-controller": "concurrent_deployment_syncs",
+    "replicaset-controller": "concurrent_replicaset_syncs",
+    "replicationcontroller-controller": "concurrent_rc_syncs",
+    "statefulset-controller": "concurrent_statefulset_syncs",
+    "daemonset-controller": "concurrent_daemonset_syncs",
+    "job-controller": "concurrent_job_syncs",
+    "cronjob-controller": "concurrent_cron_job_syncs",
+    "endpoints-controller": "concurrent_endpoint_syncs",
+    "endpointslice-controller": "concurrent_service_endpoint_syncs",
+    "endpointslice-mirroring-controller": "concurrent_endpointslice_mirroring_syncs",
+    "namespace-controller": "concurrent_namespace_syncs",
+    "garbage-collector-controller": "concurrent_gc_syncs",
+    "ttl-after-finished-controller": "concurrent_ttl_after_finished_syncs",
+    "resourcequota-controller": "concurrent_resource_quota_syncs",
+    "serviceaccount-token-controller": "concurrent_serviceaccount_token_syncs",
+    "horizontal-pod-autoscaler-controller": "concurrent_horizontal_pod_autoscaler_syncs",
+    "service-lb-controller": "concurrent_service_syncs",
+    "ephemeral-volume-controller": "concurrent_ephemeralvolume_syncs",
+}
+
+
+def load_controllers() -> dict[str, type]:
+    """Import every controller module (each registers itself); the registry."""
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name in _NOT_CONTROLLERS or module.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{package.__name__}.{module.name}")
+        except Exception:
+            # One broken module must not take the other controllers down.
+            log.exception("cannot load controller module %s", module.name)
+    return CONTROLLERS
+
+
+def enabled_controllers(options: Options) -> list[str]:
+    """Registered names of the controllers --controllers turns on, in a stable order."""
+    load_controllers()
+    disabled = set(DISABLED_BY_DEFAULT) | set(UPSTREAM_DISABLED_BY_DEFAULT)
+    enabled = [name for name in sorted(CONTROLLERS)
+               if is_enabled(name, options.controllers, disabled)]
+    implemented = {canonical_name(name) for name in CONTROLLERS}
+    for entry in options.controllers:
+        wanted = canonical_name(entry.lstrip("-"))
+        if entry != "*" and not entry.startswith("-") and wanted not in implemented \
+                and wanted in UPSTREAM_CONTROLLERS:
+            log.warning("controller %s is not implemented by kubesmith; skipped", entry)
+    return enabled
+
+
+def workers_for(name: str, options: Options) -> int:
+    field = WORKER_OPTIONS.get(canonical_name(name))
+    return max(int(getattr(options, field, 1)), 1) if field else 1
+
+
+class ControllerManager:
+    def __init__(self, client: ApiClient, options: Options, *, host: str = "",
+                 restart_backoff: Backoff | None = None):
+        self.client = client
+        self.options = options
+        self.host = host or socket.gethostname()
+        self.restart_backoff_initial = 1.0
+        self.controllers: dict[str, Any] = {}
+        self.informers: InformerFactory | None = None
+        self.started = asyncio.Event()      # set once every controller's run() began
+
+    def build(self) -> ControllerContext:
+        self.informers = InformerFactory(self.client)
+        context = ControllerContext(self.client, self.informers, self.options, host=self.host)
+        for name in enabled_controllers(self.options):
+            self.controllers[name] = CONTROLLERS[name](context)
+            log.info("built controller %s", name)
+        return context
+
+    async def run(self) -> None:
+        """Build, sync and run the enabled controllers until cancelled."""
+        self.build()
+        assert self.informers is not None
+        tasks: list[asyncio.Task] = []
+        try:
+            self.informers.start()
+            while not await self.informers.wait_for_sync(SYNC_WAIT_LOG_EVERY):
+                waiting = [repr(i) for i in self.informers.informers if not i.has_synced()]
+                log.warning("waiting for informers to sync: %s", ", ".join(waiting))
+            # Controllers may ask for informers lazily; start those too.
+            self.informers.start()
+            log.info("informers synced; starting %d controllers", len(self.controllers))
+            tasks = [asyncio.create_task(self._supervise(name, controller), name=name)
+                     for name, controller in self.controllers.items()]
+            self.started.set()
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.informers.shutdown()
+
+    async def _supervise(self, name: str, controller: Any) -> None:
+        backoff = Backoff(self.restart_backoff_initial, 60.0, reset_after=300.0)
+        workers = workers_for(name, self.options)
+        while True:
+            try:
+                await controller.run(workers)
+                log.error("controller %s stopped by itself; restarting it", name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("controller %s crashed; restarting it", name)
+            await asyncio.sleep(backoff.next())
+
+
+def make_client(options: Options) -> ApiClient:
+    qps, burst = options.kube_api_qps, options.kube_api_burst
+    settings = dict(component="kube-controller-manager", qps=qps, burst=burst)
+    if options.kubeconfig:
+        client = ApiClient.from_kubeconfig(options.kubeconfig, **settings)
+    else:
+        client = ApiClient.in_cluster(**settings)
+    if options.master:
+        client.config = dataclasses.replace(client.config, server=options.master.rstrip("/"))
+    return client
+
+
+async def run_process(options: Options, stop: asyncio.Event) -> int:
+    """The process's life until `stop` is set (exit code 0) or leadership is lost (1)."""
+    from kubesmith.controllers.main import HealthServer
+    health = HealthServer(options)
+    await health.start()
+    client = make_client(options)
+    manager = ControllerManager(client, options)
+    code = 0
+    try:
+        if options.leader_elect:
+            identity = f"{socket.gethostname()}_{uuid.uuid4()}"
+            lost = asyncio.Event()
+            elector = LeaderElector(
+                client, name=options.leader_elect_resource_name,
+                namespace=options.leader_elect_resource_namespace, identity=identity,
+                on_started_leading=manager.run, on_stopped_leading=lost.set,
+                on_new_leader=lambda holder: log.info("new leader elected: %s", holder),
+                lease_duration=options.leader_elect_lease_duration,
+                renew_deadline=options.leader_elect_renew_deadline,
+                retry_period=options.leader_elect_retry_period)
+            main = asyncio.create_task(elector.run(), name="leader-election")
+            health.leader_election = elector
+        else:
+            main = asyncio.create_task(manager.run(), name="controllers")
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({main, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if main.done():
+            # The work never ends by itself: leadership was lost or the manager failed.
+            if not main.cancelled() and main.exception() is not None:
+                log.error("controller manager failed: %s", main.exception())
+            else:
+                log.error("leaderelection lost")
+            code = EXIT_LEADERSHIP_LOST
+        else:
+            log.info("shutting down")
+            main.cancel()       # the elector releases the lease on cancel
+            await asyncio.gather(main, return_exceptions=True)
+        stopping.cancel()
+    finally:
+        await client.close()
+        await health.stop()
+    return code
