@@ -1,0 +1,296 @@
+"""`kube-scheduler`: the command line upstream's kube-scheduler (and kubeadm) uses.
+
+    kube-scheduler --kubeconfig=/etc/kubernetes/scheduler.conf \
+        --authentication-kubeconfig=... --authorization-kubeconfig=... \
+        --bind-address=127.0.0.1 --leader-elect=true
+
+Informers start at once (a standby keeps its cache warm); only the holder of the
+kube-system/kube-scheduler Lease schedules. Losing the lease ends the process with
+status 1, as upstream, for the service manager to restart it. SIGTERM releases the
+lease (upstream's ReleaseOnCancel) and exits 0. With --secure-port != 0, /healthz,
+/livez, /readyz and /metrics are served over HTTPS with a self-signed certificate made
+at start, as upstream does when given none.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from kubesmith.apiserver.options import parse_bool, parse_duration
+from kubesmith.client.events import EventRecorder
+from kubesmith.client.informers import InformerFactory
+from kubesmith.client.leaderelection import LeaderElector
+from kubesmith.client.rest import ApiClient
+from kubesmith.scheduler.scheduler import Scheduler
+
+log = logging.getLogger("kube-scheduler")
+
+COMPONENT = "default-scheduler"
+SYNC_TIMEOUT = 60.0
+
+
+@dataclass
+class Options:
+    kubeconfig: str
+    authentication_kubeconfig: str = ""
+    authorization_kubeconfig: str = ""
+    bind_address: str = "0.0.0.0"
+    secure_port: int = 10259
+    leader_elect: bool = True
+    leader_elect_lease_duration: float = 15.0
+    leader_elect_renew_deadline: float = 10.0
+    leader_elect_retry_period: float = 2.0
+    leader_elect_resource_namespace: str = "kube-system"
+    leader_elect_resource_name: str = "kube-scheduler"
+    percentage_of_nodes_to_score: int = 0
+    # Upstream's default is 50/100; binds, events and status writes of 200+ pods a
+    # second need more.
+    kube_api_qps: float = 500.0
+    kube_api_burst: int = 1000
+    v: int = 0
+
+
+class UsageError(Exception):
+    pass
+
+
+def _ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a valid port")
+    return port
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kube-scheduler", allow_abbrev=False,
+                                     description="kubesmith's Kubernetes scheduler")
+
+    def flag(name: str, type_=str, help_: str = "", *, boolean: bool = False) -> None:
+        kwargs = dict(dest=name.lstrip("-").replace("-", "_"), help=help_,
+                      default=argparse.SUPPRESS)
+        if boolean:
+            # pflag: a bare --flag means true; --flag=false turns it off.
+            parser.add_argument(name, nargs="?", const=True, type=parse_bool, **kwargs)
+        else:
+            parser.add_argument(name, type=type_, **kwargs)
+
+    flag("--kubeconfig", help_="kubeconfig of the API server (required)")
+    flag("--authentication-kubeconfig", help_="accepted for compatibility")
+    flag("--authorization-kubeconfig", help_="accepted for compatibility")
+    flag("--bind-address", _ip, "address /healthz is served on (default 0.0.0.0)")
+    flag("--secure-port", _port, "HTTPS port of /healthz (default 10259; 0 disables)")
+    flag("--leader-elect", boolean=True, help_="elect a leader before scheduling "
+         "(default true)")
+    flag("--leader-elect-lease-duration", parse_duration, "default 15s")
+    flag("--leader-elect-renew-deadline", parse_duration, "default 10s")
+    flag("--leader-elect-retry-period", parse_duration, "default 2s")
+    flag("--leader-elect-resource-namespace", help_="default kube-system")
+    flag("--leader-elect-resource-name", help_="default kube-scheduler")
+    flag("--percentage-of-nodes-to-score", int, "0 (default): adaptive, as upstream")
+    flag("--kube-api-qps", float, "requests per second to the API server (default 500)")
+    flag("--kube-api-burst", int, "burst of requests to the API server (default 1000)")
+    parser.add_argument("-v", "--v", type=int, dest="v", default=argparse.SUPPRESS,
+                        help="log verbosity")
+    return parser
+
+
+def parse(argv: list[str]) -> Options:
+    parser = _parser()
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UsageError(f"unknown flag: {unknown[0].split('=')[0]}")
+    values = vars(known)
+    if not values.get("kubeconfig"):
+        raise UsageError("--kubeconfig is required")
+    options = Options(**values)
+    if options.leader_elect and options.leader_elect_lease_duration <= \
+            options.leader_elect_renew_deadline:
+        raise UsageError("leaseDuration must be greater than renewDeadline")
+    return options
+
+
+# --- /healthz over HTTPS --------------------------------------------------------------
+
+def self_signed_context(host: str) -> ssl.SSLContext:
+    """A serving context with a certificate made now, for `host`, localhost and
+    127.0.0.1 (upstream makes one the same way when no certificate is given)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                         f"{host}@{int(now.timestamp())}")])
+    alt_names: list[x509.GeneralName] = [x509.DNSName("localhost"),
+                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    if host and host != "localhost":
+        alt_names.append(x509.DNSName(host))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+            .sign(key, hashes.SHA256()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # ssl loads chains from files only: a private temporary directory, removed at once.
+    with tempfile.TemporaryDirectory() as folder:
+        cert_file, key_file = os.path.join(folder, "tls.crt"), os.path.join(folder, "tls.key")
+        with open(cert_file, "wb") as out:
+            out.write(cert.public_bytes(serialization.Encoding.PEM))
+        with open(key_file, "wb") as out:
+            out.write(key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def health_app(scheduler: Scheduler, elector: LeaderElector | None) -> web.Application:
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def metrics(request: web.Request) -> web.Response:
+        leader = 1 if elector is None or elector.is_leader() else 0
+        lines = [
+            "# TYPE scheduler_schedule_attempts_total counter",
+            f'scheduler_schedule_attempts_total{{result="scheduled"}} {scheduler.scheduled}',
+            f'scheduler_schedule_attempts_total{{result="unschedulable"}} '
+            f"{scheduler.unschedulable}",
+            f'scheduler_schedule_attempts_total{{result="error"}} {scheduler.bind_errors}',
+            "# TYPE scheduler_pending_pods gauge",
+            *(f'scheduler_pending_pods{{queue="{name}"}} {count}'
+              for name, count in scheduler.queue.counts().items()),
+            "# TYPE leader_election_master_status gauge",
+            f'leader_election_master_status{{name="kube-scheduler"}} {leader}',
+        ]
+        return web.Response(text="\n".join(lines) + "\n",
+                            content_type="text/plain", charset="utf-8")
+
+    app = web.Application()
+    for path in ("/healthz", "/livez", "/readyz"):
+        app.router.add_get(path, ok)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+# --- running --------------------------------------------------------------------------
+
+async def run(options: Options) -> int:
+    client = ApiClient.from_kubeconfig(options.kubeconfig, component="kube-scheduler",
+                                       qps=options.kube_api_qps, burst=options.kube_api_burst)
+    hostname = socket.gethostname()
+    informers = InformerFactory(client)
+    recorder = EventRecorder(client, COMPONENT)
+    scheduler = Scheduler(client, informers, recorder,
+                          percentage_of_nodes_to_score=options.percentage_of_nodes_to_score)
+    lost = asyncio.Event()
+
+    async def lead() -> None:
+        await scheduler.run()
+
+    elector = None
+    if options.leader_elect:
+        elector = LeaderElector(
+            client, name=options.leader_elect_resource_name,
+            namespace=options.leader_elect_resource_namespace,
+            identity=f"{hostname}_{uuid.uuid4()}", on_started_leading=lead,
+            on_stopped_leading=lost.set,
+            on_new_leader=lambda who: log.info("new leader elected: %s", who),
+            lease_duration=options.leader_elect_lease_duration,
+            renew_deadline=options.leader_elect_renew_deadline,
+            retry_period=options.leader_elect_retry_period)
+
+    runner = None
+    if options.secure_port:
+        runner = web.AppRunner(health_app(scheduler, elector), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, options.bind_address, options.secure_port,
+                           ssl_context=self_signed_context(hostname))
+        await site.start()
+        log.info("serving /healthz on https://%s:%d", options.bind_address,
+                 options.secure_port)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+
+    informers.start()
+    status = 0
+    try:
+        synced = asyncio.create_task(informers.wait_for_sync(SYNC_TIMEOUT))
+        await asyncio.wait({synced, asyncio.create_task(stopping.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            return 0
+        if not synced.result():
+            log.error("informers did not sync within %.0fs", SYNC_TIMEOUT)
+            return 1
+        work = asyncio.create_task(elector.run() if elector else scheduler.run(),
+                                   name="kube-scheduler")
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            work.cancel()       # releases the lease
+            await asyncio.gather(work, return_exceptions=True)
+            log.info("stopped")
+        else:
+            stop.cancel()
+            error = work.exception() if not work.cancelled() else None
+            log.error("leaderelection lost" if lost.is_set() else
+                      f"scheduler ended: {error!r}")
+            status = 1
+        try:
+            await asyncio.wait_for(scheduler.drain(), 5.0)
+        except asyncio.TimeoutError:
+            pass
+    finally:
+        await informers.shutdown()
+        if runner is not None:
+            await runner.cleanup()
+        await client.close()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        print("Run 'kube-scheduler --help' for usage.", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if options.v >= 4 else logging.INFO if options.v >= 0
+        else logging.WARNING,
+        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    if options.v < 4:
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(run(options))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

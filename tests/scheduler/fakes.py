@@ -1,0 +1,42 @@
+"""Node and pod dicts for the scheduler's tests."""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+_uid = itertools.count(1)
+
+
+def make_node(name: str, cpu: str = "4", memory: str = "8Gi", pods: int = 110, *,
+              labels: dict | None = None, taints: list | None = None,
+              unschedulable: bool = False, ephemeral: str = "100Gi") -> dict[str, Any]:
+    resources = {"cpu": cpu, "memory": memory, "pods": str(pods),
+                 "ephemeral-storage": ephemeral}
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name,
+                         "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+            "spec": {},
+            "status": {"capacity": dict(resources), "allocatable": dict(resources),
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+    if taints:
+        node["spec"]["taints"] = taints
+    if unschedulable:
+        node["spec"]["unschedulable"] = True
+    return node
+
+
+def make_pod(name: str, namespace: str = "default", *, cpu: str | None = None,
+             memory: str | None = None, labels: dict | None = None, node: str = "",
+             **spec: Any) -> dict[str, Any]:
+    requests = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v is not None}
+    container: dict[str, Any] = {"name": "c", "image": "busybox"}
+    if requests:
+        container["resources"] = {"requests": requests}
+    body = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{next(_uid)}",
+                         "labels": labels or {},
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"containers": [container], **spec}, "status": {"phase": "Pending"}}
+    if node:
+        body["spec"]["nodeName"] = node
+    return body
