@@ -1,0 +1,420 @@
+"""The workload controllers against a real etcd + kube-apiserver: each test builds the
+controllers it needs on a ControllerContext of its own, runs them as asyncio tasks, and
+plays the kubelet itself (binding pods to a node and patching their status)."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from types import SimpleNamespace
+from typing import Any, AsyncIterator
+
+import pytest
+
+from kubesmith.client.informers import InformerFactory
+from kubesmith.client.rest import ApiClient, ApiError, is_not_found
+from kubesmith.controllers.context import ControllerContext
+from kubesmith.controllers.common import is_pod_ready, meta
+from kubesmith.store.testing import etcd_available
+from tests.apiserver.harness import Cluster
+
+Obj = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if not etcd_available():
+        pytest.skip("needs /usr/bin/etcd (etcd-server)")
+    with Cluster() as running:
+        yield running
+
+
+# --- helpers --------------------------------------------------------------------------
+
+async def eventually(check, timeout: float = 20.0, interval: float = 0.1, what: str = ""):
+    """Poll `check()` (plain or async) until truthy; its value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not true after {timeout}s: {what or check}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(cluster: Cluster, namespace: str, *controller_classes, clock=None
+                  ) -> AsyncIterator[SimpleNamespace]:
+    """The controllers running on informers of `namespace` (nodes: cluster-wide)."""
+    client = ApiClient.from_kubeconfig(cluster.kubeconfig, component="workloads-test")
+    factory = InformerFactory(client, namespace=namespace)
+    ctx = ControllerContext(client=client, informers=factory, options=SimpleNamespace(),
+                            host="test")
+    controllers = [cls(ctx, clock=clock) if clock else cls(ctx) for cls in controller_classes]
+    factory.start()
+    assert await factory.wait_for_sync(timeout=20)
+    tasks = [asyncio.create_task(c.run(2)) for c in controllers]
+    try:
+        yield SimpleNamespace(client=client, controllers=controllers, ctx=ctx,
+                              namespace=namespace)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for recorder in ctx._recorders.values():
+            await recorder.flush()
+        await factory.shutdown()
+        await client.close()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 80))
+
+
+async def make_node(client: ApiClient, name: str | None = None, **labels: str) -> str:
+    name = name or f"node-{uuid.uuid4().hex[:6]}"
+    await client.create("v1 nodes", {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, **labels}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}})
+    return name
+
+
+async def pods_of(client: ApiClient, namespace: str, selector: str | None = None
+                  ) -> list[Obj]:
+    items = (await client.list("v1 pods", namespace, label_selector=selector))["items"]
+    return [p for p in items if not meta(p).get("deletionTimestamp")]
+
+
+async def start_pod(client: ApiClient, pod: Obj, node: str, *, ready: bool = True,
+                    ip: str | None = None) -> None:
+    """What a kubelet would do: bind the pod (unless bound) and report it Running."""
+    name, namespace = meta(pod)["name"], meta(pod)["namespace"]
+    if not (pod.get("spec") or {}).get("nodeName"):
+        await client.create("v1 pods", {"apiVersion": "v1", "kind": "Binding",
+                                        "metadata": {"name": name},
+                                        "target": {"kind": "Node", "name": node}},
+                            namespace, name=name, subresource="binding")
+    await set_pod_phase(client, pod, "Running", ready=ready, ip=ip)
+
+
+async def set_pod_phase(client: ApiClient, pod: Obj, phase: str, *, ready: bool = False,
+                        ip: str | None = None) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    flag = "True" if ready else "False"
+    ip = ip or f"10.244.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 2}"
+    status = {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now,
+              "conditions": [{"type": "Ready", "status": flag, "lastTransitionTime": now},
+                             {"type": "ContainersReady", "status": flag,
+                              "lastTransitionTime": now},
+                             {"type": "PodScheduled", "status": "True",
+                              "lastTransitionTime": now}]}
+    await client.patch("v1 pods", meta(pod)["name"], {"status": status}, meta(pod)["namespace"],
+                       subresource="status")
+
+
+async def start_all(client: ApiClient, namespace: str, node: str, selector: str | None = None,
+                    ready: bool = True) -> int:
+    """Start every pod not running yet; how many were started."""
+    count = 0
+    for pod in await pods_of(client, namespace, selector):
+        if (pod.get("status") or {}).get("phase") != "Running":
+            try:
+                await start_pod(client, pod, node, ready=ready)
+                count += 1
+            except ApiError as exc:
+                if not is_not_found(exc):
+                    raise
+    return count
+
+
+def container(image: str = "registry.k8s.io/pause:3.9", **extra) -> Obj:
+    return {"name": "main", "image": image, **extra}
+
+
+def pod_template(labels: dict[str, str], image: str = "registry.k8s.io/pause:3.9",
+                 **spec) -> Obj:
+    # No grace period: without a kubelet, deleted pods would otherwise linger.
+    return {"metadata": {"labels": labels},
+            "spec": {"containers": [container(image)], "terminationGracePeriodSeconds": 0,
+                     **spec}}
+
+
+async def get_status(client: ApiClient, resource: str, name: str, namespace: str) -> Obj:
+    return (await client.get(resource, name, namespace)).get("status") or {}
+
+
+async def in_thread(func, *args, **kwargs):
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: func(*args, **kwargs))
+
+
+# --- ReplicaSet / ReplicationController -----------------------------------------------
+
+def test_replicaset_scales_adopts_and_releases(cluster):
+    from kubesmith.controllers.replicaset import ReplicaSetController
+    namespace = cluster.new_namespace("rs-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, ReplicaSetController) as env:
+            client = env.client
+            node = await make_node(client)
+            # An orphan that matches is adopted, so only two pods are created.
+            orphan = await client.create("v1 pods", {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "orphan", "labels": {"app": "web"}},
+                "spec": {"containers": [container()], "terminationGracePeriodSeconds": 0}},
+                namespace)
+            rs = await client.create("apps/v1 replicasets", {
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web"},
+                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                         "template": pod_template({"app": "web"})}}, namespace)
+            pods = await eventually(lambda: _count(client, namespace, "app=web", 3))
+            for pod in pods:
+                ref = meta(pod)["ownerReferences"][0]
+                assert ref == {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web",
+                               "uid": meta(rs)["uid"], "controller": True,
+                               "blockOwnerDeletion": True}
+            names = {meta(p)["name"] for p in pods}
+            assert "orphan" in names and all(n.startswith("web-") for n in names - {"orphan"})
+            assert meta(orphan)["name"] in names
+            await start_all(client, namespace, node, "app=web")
+            status = await eventually(lambda: _status_is(client, "apps/v1 replicasets", "web",
+                                                         namespace, readyReplicas=3,
+                                                         availableReplicas=3, replicas=3,
+                                                         fullyLabeledReplicas=3))
+            assert status["observedGeneration"] == meta(rs)["generation"]
+
+            # Release: a pod relabelled away loses its ownerReference and is replaced.
+            await client.patch("v1 pods", "orphan", {"metadata": {"labels": {"app": "other"}}},
+                               namespace)
+
+            async def released():
+                pod = await client.get("v1 pods", "orphan", namespace)
+                return not meta(pod).get("ownerReferences")
+            await eventually(released)
+            await eventually(lambda: _count(client, namespace, "app=web", 3))
+
+            # Scale down: the pods not running go first.
+            await client.patch("apps/v1 replicasets", "web", {"spec": {"replicas": 1}},
+                               namespace)
+            pods = await eventually(lambda: _count(client, namespace, "app=web", 1))
+            assert (pods[0].get("status") or {}).get("phase") == "Running"
+            await eventually(lambda: _status_is(client, "apps/v1 replicasets", "web",
+                                                namespace, replicas=1, readyReplicas=1))
+            # Scale up in a burst.
+            await client.patch("apps/v1 replicasets", "web", {"spec": {"replicas": 7}},
+                               namespace)
+            await eventually(lambda: _count(client, namespace, "app=web", 7))
+            await asyncio.sleep(0.5)
+            assert len(await pods_of(client, namespace, "app=web")) == 7   # no over-creation
+            events = (await client.list("v1 events", namespace))["items"]
+            reasons = {e["reason"] for e in events if e["source"]["component"]
+                       == "replicaset-controller"}
+            assert {"SuccessfulCreate", "SuccessfulDelete"} <= reasons
+    run(main())
+
+
+def test_replicationcontroller(cluster):
+    from kubesmith.controllers.replicaset import ReplicationControllerController
+    namespace = cluster.new_namespace("rc-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, ReplicationControllerController) as env:
+            client = env.client
+            await client.create("v1 replicationcontrollers", {
+                "apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "rc"},
+                "spec": {"replicas": 2, "selector": {"app": "rc"},
+                         "template": pod_template({"app": "rc"})}}, namespace)
+            pods = await eventually(lambda: _count(client, namespace, "app=rc", 2))
+            assert meta(pods[0])["ownerReferences"][0]["kind"] == "ReplicationController"
+            await eventually(lambda: _status_is(client, "v1 replicationcontrollers", "rc",
+                                                namespace, replicas=2))
+    run(main())
+
+
+async def _count(client: ApiClient, namespace: str, selector: str, n: int) -> list[Obj] | None:
+    pods = await pods_of(client, namespace, selector)
+    return pods if len(pods) == n else None
+
+
+async def _status_is(client: ApiClient, resource: str, name: str, namespace: str,
+                     **wanted: int) -> Obj | None:
+    status = await get_status(client, resource, name, namespace)
+    return status if all(status.get(k, 0) == v for k, v in wanted.items()) else None
+
+
+# --- Deployment -----------------------------------------------------------------------
+
+def _deployment(name: str, replicas: int, image: str, strategy: Obj | None = None) -> Obj:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "strategy": strategy or {"type": "RollingUpdate", "rollingUpdate": {
+                         "maxSurge": 1, "maxUnavailable": 1}},
+                     "template": pod_template({"app": name}, image)}}
+
+
+async def _ready_pods(client: ApiClient, namespace: str, selector: str) -> list[Obj]:
+    return [p for p in await pods_of(client, namespace, selector) if is_pod_ready(p)]
+
+
+async def _deployment_done(client: ApiClient, namespace: str, name: str, replicas: int):
+    d = await client.get("apps/v1 deployments", name, namespace)
+    status = d.get("status") or {}
+    if status.get("observedGeneration", 0) < meta(d)["generation"]:
+        return None
+    if all(status.get(k, 0) == replicas for k in ("replicas", "updatedReplicas",
+                                                   "availableReplicas", "readyReplicas")):
+        return d
+    return None
+
+
+def test_deployment_rolling_update_and_kubectl_rollout(cluster):
+    from kubesmith.controllers.deployment import DeploymentController
+    from kubesmith.controllers.replicaset import ReplicaSetController
+    namespace = cluster.new_namespace("deploy-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, DeploymentController,
+                           ReplicaSetController) as env:
+            client = env.client
+            node = await make_node(client)
+            body = _deployment("web", 4, "registry.k8s.io/pause:3.9")
+            body["metadata"]["annotations"] = {"kubernetes.io/change-cause": "first"}
+            await client.create("apps/v1 deployments", body, namespace)
+            await eventually(lambda: _count(client, namespace, "app=web", 4))
+            await start_all(client, namespace, node, "app=web")
+            d = await eventually(lambda: _deployment_done(client, namespace, "web", 4))
+            assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+            conditions = {c["type"]: c for c in d["status"]["conditions"]}
+            assert conditions["Available"]["reason"] == "MinimumReplicasAvailable"
+            assert conditions["Progressing"]["reason"] == "NewReplicaSetAvailable"
+            rollout = await in_thread(cluster.kubectl, "-n", namespace, "rollout", "status",
+                                      "deployment/web", "--timeout=20s")
+            assert "successfully rolled out" in rollout.stdout
+            [first_rs] = (await client.list("apps/v1 replicasets", namespace))["items"]
+            first_hash = first_rs["metadata"]["labels"]["pod-template-hash"]
+            assert first_rs["metadata"]["name"] == f"web-{first_hash}"
+            assert first_rs["spec"]["selector"]["matchLabels"]["pod-template-hash"] == first_hash
+            assert first_rs["metadata"]["annotations"]["deployment.kubernetes.io/max-replicas"] \
+                == "5"
+
+            # A new template: never fewer than replicas - maxUnavailable = 3 ready pods.
+            await client.patch("apps/v1 deployments", "web", {
+                "metadata": {"annotations": {"kubernetes.io/change-cause": "second"}},
+                "spec": {"template": {"spec": {"containers": [container("busybox:2")]}}}},
+                namespace)
+            lowest = 4
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                lowest = min(lowest, len(await _ready_pods(client, namespace, "app=web")))
+                if await _deployment_done(client, namespace, "web", 4) and all(
+                        p["spec"]["containers"][0]["image"] == "busybox:2"
+                        for p in await pods_of(client, namespace, "app=web")):
+                    break
+                # Start one new pod at a time, as a slow kubelet would.
+                for pod in await pods_of(client, namespace, "app=web"):
+                    if (pod.get("status") or {}).get("phase") != "Running":
+                        await start_pod(client, pod, node)
+                        break
+                await asyncio.sleep(0.3)
+            else:
+                raise AssertionError("rollout did not finish")
+            assert lowest >= 3
+            rollout = await in_thread(cluster.kubectl, "-n", namespace, "rollout", "status",
+                                      "deployment/web", "--timeout=20s")
+            assert "successfully rolled out" in rollout.stdout
+            history = (await in_thread(cluster.kubectl, "-n", namespace, "rollout", "history",
+                                       "deployment/web")).stdout
+            assert "1         first" in history and "2         second" in history, history
+            rss = (await client.list("apps/v1 replicasets", namespace))["items"]
+            assert sorted(rs["spec"]["replicas"] for rs in rss) == [0, 4]
+            events = (await client.list("v1 events", namespace))["items"]
+            messages = [e["message"] for e in events if e["reason"] == "ScalingReplicaSet"]
+            assert f"Scaled up replica set web-{first_hash} to 4" in messages, messages
+
+            # kubectl rollout undo puts the first template back: the first set again,
+            # with revision 3.
+            await in_thread(cluster.kubectl, "-n", namespace, "rollout", "undo",
+                            "deployment/web")
+            deadline = time.monotonic() + 40
+            while time.monotonic() < deadline:
+                await start_all(client, namespace, node, "app=web")
+                d = await _deployment_done(client, namespace, "web", 4)
+                first = await client.get("apps/v1 replicasets", f"web-{first_hash}", namespace)
+                if d and first["spec"]["replicas"] == 4 and (first.get("status") or {}).get(
+                        "availableReplicas") == 4:
+                    break
+                await asyncio.sleep(0.3)
+            else:
+                dd = await client.get("apps/v1 deployments", "web", namespace)
+                rss = (await client.list("apps/v1 replicasets", namespace))["items"]
+                raise AssertionError("undo did not finish" + json.dumps([{k: v for k, v in o["metadata"].items() if k not in ("managedFields",)} | {"spec": o["spec"], "status": o.get("status")} for o in [dd] + rss], indent=1))
+            assert first["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+            assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+            rollout = await in_thread(cluster.kubectl, "-n", namespace, "rollout", "status",
+                                      "deployment/web", "--timeout=20s")
+            assert "successfully rolled out" in rollout.stdout
+            history = (await in_thread(cluster.kubectl, "-n", namespace, "rollout", "history",
+                                       "deployment/web")).stdout
+            assert "2         second" in history and "3         first" in history, history
+    run(main())
+
+
+def test_deployment_recreate_paused_and_history_limit(cluster):
+    from kubesmith.controllers.deployment import DeploymentController
+    from kubesmith.controllers.replicaset import ReplicaSetController
+    namespace = cluster.new_namespace("recreate-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, DeploymentController,
+                           ReplicaSetController) as env:
+            client = env.client
+            node = await make_node(client)
+            body = _deployment("db", 2, "img:1", {"type": "Recreate"})
+            body["spec"]["revisionHistoryLimit"] = 1
+            await client.create("apps/v1 deployments", body, namespace)
+            await eventually(lambda: _count(client, namespace, "app=db", 2))
+            await start_all(client, namespace, node, "app=db")
+            await eventually(lambda: _deployment_done(client, namespace, "db", 2))
+            for image in ("img:2", "img:3"):
+                await client.patch("apps/v1 deployments", "db", {"spec": {"template": {
+                    "spec": {"containers": [container(image)]}}}}, namespace)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    pods = await pods_of(client, namespace, "app=db")
+                    images = {p["spec"]["containers"][0]["image"] for p in pods}
+                    # Recreate: old and new pods never exist at once.
+                    assert len(images) <= 1, images
+                    await start_all(client, namespace, node, "app=db")
+                    if images == {image} and await _deployment_done(client, namespace, "db", 2):
+                        break
+                    await asyncio.sleep(0.2)
+                else:
+                    raise AssertionError(f"recreate to {image} did not finish")
+            # revisionHistoryLimit 1: one old set kept besides the new one.
+            await eventually(lambda: _rs_count(client, namespace, 2))
+
+            # Paused: a new template makes no new set.
+            await client.patch("apps/v1 deployments", "db", {"spec": {"paused": True}},
+                               namespace)
+            await client.patch("apps/v1 deployments", "db", {"spec": {"template": {
+                "spec": {"containers": [container("img:4")]}}}}, namespace)
+
+            async def paused_seen():
+                d = await client.get("apps/v1 deployments", "db", namespace)
+                progressing = [c for c in d["status"].get("conditions", [])
+                               if c["type"] == "Progressing"]
+                return progressing and progressing[0]["reason"] == "DeploymentPaused"
+            await eventually(paused_seen)
+            await asyncio.sleep(0.5)
+            assert len((await client.list("apps/v1 replicasets", namespace))["items"]) == 2
+    run(main())
+
+
+async def _rs_count(client: ApiClient, namespace: str, n: int) -> bool:
+    return len((await client.list("apps/v1 replicasets", namespace))["items"]) == n
