@@ -356,3 +356,88 @@ class QueueController:
 
     async def run(self, workers: int) -> None:
         await run_workers(self.queue, self.sync, workers)
+
+
+# --- services and pods (the endpoints controllers) ------------------------------------
+
+class ServicePodTracker(QueueController):
+    """Services keyed in a queue, re-queued when a pod their selector matches changes
+    (before or after the change); the base of the Endpoints and EndpointSlice
+    controllers. `trigger_times` remembers when each key was first queued since its
+    last sync (the endpoints.kubernetes.io/last-change-trigger-time annotation)."""
+
+    def __init__(self, services, pods) -> None:
+        super().__init__()
+        self.services = services
+        self.pods = pods
+        self.trigger_times: dict[str, str] = {}
+        services.add_event_handler(on_add=self._touch,
+                                   on_update=lambda old, new: self._touch(new),
+                                   on_delete=self._touch)
+        pods.add_event_handler(on_add=self._pod_changed,
+                               on_update=self._pod_updated,
+                               on_delete=lambda obj: self._pod_changed(unwrap(obj)))
+
+    def _touch(self, obj) -> None:
+        key = obj if isinstance(obj, str) else namespace_key(obj)
+        self.trigger_times.setdefault(key, now_rfc3339())
+        self.queue.add(key)
+
+    def _pod_changed(self, pod: Obj) -> None:
+        for service in self.services.lister.list(meta(pod).get("namespace")):
+            selector = (service.get("spec") or {}).get("selector")
+            if selector and all((meta(pod).get("labels") or {}).get(k) == v
+                                for k, v in selector.items()):
+                self._touch(service)
+
+    def _pod_updated(self, old: Obj, new: Obj) -> None:
+        if meta(old).get("resourceVersion") == meta(new).get("resourceVersion"):
+            return
+        self._pod_changed(new)
+        if meta(old).get("labels") != meta(new).get("labels"):
+            self._pod_changed(old)
+
+    def selected_pods(self, service: Obj) -> list[Obj]:
+        selector = (service.get("spec") or {}).get("selector") or {}
+        return [p for p in self.pods.lister.list(meta(service)["namespace"], selector)]
+
+
+def pod_ips(pod: Obj) -> list[str]:
+    status = pod.get("status") or {}
+    ips = [entry.get("ip") for entry in status.get("podIPs") or [] if entry.get("ip")]
+    return ips or ([status["podIP"]] if status.get("podIP") else [])
+
+
+def find_port(pod: Obj, service_port: Obj) -> int | None:
+    """The pod's port a service port reaches: a number as is, a name looked up among
+    the containers' ports of the same protocol (upstream's podutil.FindPort)."""
+    target = service_port.get("targetPort", service_port.get("port"))
+    if isinstance(target, int):
+        return target
+    if isinstance(target, str) and target.isdigit():
+        return int(target)
+    protocol = service_port.get("protocol", "TCP")
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        for port in c.get("ports") or []:
+            if port.get("name") == target and port.get("protocol", "TCP") == protocol:
+                return port.get("containerPort")
+    return None
+
+
+def pod_reference(pod: Obj) -> Obj:
+    m = meta(pod)
+    return {"kind": "Pod", "namespace": m["namespace"], "name": m["name"], "uid": m["uid"]}
+
+
+def include_in_endpoints(pod: Obj, include_terminating: bool) -> bool:
+    """Upstream's ShouldPodBeInEndpoints: an IP, not finished, not being deleted unless
+    asked."""
+    if not pod_ips(pod):
+        return False
+    if not include_terminating and is_terminating(pod):
+        return False
+    restart = (pod.get("spec") or {}).get("restartPolicy", "Always")
+    phase = pod_phase(pod)
+    if phase == "Failed" or (phase == "Succeeded" and restart != "Always"):
+        return False
+    return True

@@ -418,3 +418,209 @@ def test_deployment_recreate_paused_and_history_limit(cluster):
 
 async def _rs_count(client: ApiClient, namespace: str, n: int) -> bool:
     return len((await client.list("apps/v1 replicasets", namespace))["items"]) == n
+
+
+# --- Job ------------------------------------------------------------------------------
+
+def _job(name: str, **spec) -> Obj:
+    template = pod_template({}, restartPolicy="Never")
+    template["metadata"] = {}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+            "spec": {"template": template, **spec}}
+
+
+async def _job_pods(client: ApiClient, namespace: str, job: Obj) -> list[Obj]:
+    return await pods_of(client, namespace,
+                         f"batch.kubernetes.io/controller-uid={meta(job)['uid']}")
+
+
+async def _job_condition(client: ApiClient, namespace: str, name: str, kind: str) -> Obj | None:
+    status = await get_status(client, "batch/v1 jobs", name, namespace)
+    for condition in status.get("conditions") or []:
+        if condition["type"] == kind and condition["status"] == "True":
+            return status
+    return None
+
+
+def test_job_completes_and_fails_with_backoff_limit(cluster):
+    from kubesmith.controllers.job import JobController
+    namespace = cluster.new_namespace("job-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, JobController) as env:
+            client = env.client
+            node = await make_node(client)
+            job = await client.create("batch/v1 jobs", _job("work", completions=3,
+                                                             parallelism=2), namespace)
+            pods = await eventually(lambda: _count(client, namespace,
+                                                   f"job-name=work", 2))
+            for pod in pods:
+                labels = meta(pod)["labels"]
+                assert labels["batch.kubernetes.io/controller-uid"] == meta(job)["uid"]
+                assert labels["batch.kubernetes.io/job-name"] == "work"
+                assert meta(pod)["name"].startswith("work-")
+            await eventually(lambda: _status_is(client, "batch/v1 jobs", "work", namespace,
+                                                active=2))
+            finished = 0
+            deadline = time.monotonic() + 30
+            while finished < 3 and time.monotonic() < deadline:
+                for pod in await pods_of(client, namespace, "job-name=work"):
+                    if (pod.get("status") or {}).get("phase") != "Succeeded":
+                        await start_pod(client, pod, node)
+                        await set_pod_phase(client, pod, "Succeeded")
+                        finished += 1
+                        break
+                await asyncio.sleep(0.2)
+            status = await eventually(lambda: _job_condition(client, namespace, "work",
+                                                             "Complete"))
+            assert status["succeeded"] == 3 and not status.get("active")
+            assert status["startTime"] and status["completionTime"]
+            assert len(await pods_of(client, namespace, "job-name=work")) == 3
+
+            # backoffLimit 0: the first failed pod fails the Job, active pods deleted.
+            await client.create("batch/v1 jobs", _job("doomed", parallelism=2, completions=4,
+                                                       backoffLimit=0), namespace)
+            pods = await eventually(lambda: _count(client, namespace, "job-name=doomed", 2))
+            await start_pod(client, pods[0], node)
+            await set_pod_phase(client, pods[0], "Failed")
+            status = await eventually(lambda: _job_condition(client, namespace, "doomed",
+                                                             "Failed"))
+            failed = [c for c in status["conditions"] if c["type"] == "Failed"][0]
+            assert failed["reason"] == "BackoffLimitExceeded"
+            assert status["failed"] == 1
+            await eventually(lambda: _count(client, namespace, "job-name=doomed", 1))
+
+            # Indexed: one pod per index, completedIndexes.
+            await client.create("batch/v1 jobs", _job("indexed", parallelism=3, completions=3,
+                                                       completionMode="Indexed"), namespace)
+            pods = await eventually(lambda: _count(client, namespace, "job-name=indexed", 3))
+            indexes = sorted(meta(p)["annotations"]["batch.kubernetes.io/job-completion-index"]
+                             for p in pods)
+            assert indexes == ["0", "1", "2"]
+            for pod in pods:
+                await start_pod(client, pod, node)
+                await set_pod_phase(client, pod, "Succeeded")
+            status = await eventually(lambda: _job_condition(client, namespace, "indexed",
+                                                             "Complete"))
+            assert status["completedIndexes"] == "0-2"
+
+            # activeDeadlineSeconds.
+            await client.create("batch/v1 jobs", _job("slow", activeDeadlineSeconds=1),
+                                namespace)
+            status = await eventually(lambda: _job_condition(client, namespace, "slow",
+                                                             "Failed"))
+            assert [c for c in status["conditions"] if c["type"] == "Failed"][0]["reason"] \
+                == "DeadlineExceeded"
+    run(main())
+
+
+# --- Endpoints and EndpointSlices -----------------------------------------------------
+
+def test_endpoints_and_slices_follow_readiness(cluster):
+    from kubesmith.controllers.endpoints import EndpointsController
+    from kubesmith.controllers.endpointslice import EndpointSliceController
+    namespace = cluster.new_namespace("ep-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, EndpointsController,
+                           EndpointSliceController) as env:
+            client = env.client
+            node = await make_node(client, **{"topology.kubernetes.io/zone": "z1"})
+            await client.create("v1 services", {
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                "spec": {"selector": {"app": "web"}, "ports": [
+                    {"name": "http", "port": 80, "targetPort": "http-port"},
+                    {"name": "metrics", "port": 9090, "targetPort": 9100}]}}, namespace)
+            await client.create("v1 services", {
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": "manual"},
+                "spec": {"ports": [{"port": 80}]}}, namespace)
+            pods = []
+            for i in range(3):
+                spec = {"containers": [container(ports=[{"name": "http-port",
+                                                         "containerPort": 8080}])]}
+                pods.append(await client.create("v1 pods", {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": f"web-{i}", "labels": {"app": "web"}},
+                    "spec": spec}, namespace))
+            for i, pod in enumerate(pods):
+                await start_pod(client, pod, node, ready=(i != 2), ip=f"10.1.0.{i + 10}")
+
+            async def endpoints_are(ready: list[str], not_ready: list[str]):
+                try:
+                    ep = await client.get("v1 endpoints", "web", namespace)
+                except ApiError:
+                    return None
+                subsets = ep.get("subsets") or []
+                got_ready = sorted(a["ip"] for s in subsets for a in s.get("addresses", []))
+                got_not = sorted(a["ip"] for s in subsets
+                                 for a in s.get("notReadyAddresses", []))
+                return ep if (got_ready, got_not) == (ready, not_ready) else None
+
+            ep = await eventually(lambda: endpoints_are(["10.1.0.10", "10.1.0.11"],
+                                                        ["10.1.0.12"]))
+            [subset] = ep["subsets"]
+            assert sorted((p["name"], p["port"]) for p in subset["ports"]) == [
+                ("http", 8080), ("metrics", 9100)]
+            address = subset["addresses"][0]
+            assert address["nodeName"] == node
+            assert address["targetRef"]["kind"] == "Pod"
+            assert address["targetRef"]["name"] == "web-0"
+            assert "endpoints.kubernetes.io/last-change-trigger-time" in \
+                ep["metadata"]["annotations"]
+
+            async def slice_ready():
+                slices = (await client.list(
+                    "discovery.k8s.io/v1 endpointslices", namespace,
+                    label_selector="kubernetes.io/service-name=web"))["items"]
+                if len(slices) != 1:
+                    return None
+                return {e["targetRef"]["name"]: e for e in slices[0].get("endpoints") or []}, \
+                    slices[0]
+            endpoints, slice_ = await eventually(slice_ready)
+            assert slice_["addressType"] == "IPv4"
+            assert slice_["metadata"]["labels"][
+                "endpointslice.kubernetes.io/managed-by"] == "endpointslice-controller.k8s.io"
+            assert slice_["metadata"]["ownerReferences"][0]["kind"] == "Service"
+            assert sorted((p["name"], p["port"]) for p in slice_["ports"]) == [
+                ("http", 8080), ("metrics", 9100)]
+            assert endpoints["web-2"]["conditions"] == {"ready": False, "serving": False,
+                                                        "terminating": False}
+            assert endpoints["web-0"]["conditions"]["ready"] is True
+            assert endpoints["web-0"]["nodeName"] == node
+            assert endpoints["web-0"]["zone"] == "z1"
+
+            # Readiness flips both ways.
+            await set_pod_phase(client, pods[2], "Running", ready=True, ip="10.1.0.12")
+            await set_pod_phase(client, pods[0], "Running", ready=False, ip="10.1.0.10")
+            await eventually(lambda: endpoints_are(["10.1.0.11", "10.1.0.12"],
+                                                   ["10.1.0.10"]))
+
+            async def slice_flipped():
+                found = await slice_ready()
+                return found and found[0]["web-2"]["conditions"]["ready"] \
+                    and not found[0]["web-0"]["conditions"]["ready"]
+            await eventually(slice_flipped)
+            # Settled: no more writes.
+            ep = await client.get("v1 endpoints", "web", namespace)
+            _, slice_ = await slice_ready()
+            await asyncio.sleep(1.0)
+            assert (await client.get("v1 endpoints", "web", namespace))["metadata"][
+                "resourceVersion"] == ep["metadata"]["resourceVersion"]
+            assert (await slice_ready())[1]["metadata"]["resourceVersion"] == \
+                slice_["metadata"]["resourceVersion"]
+            # A deleted pod leaves.
+            await client.delete("v1 pods", "web-1", namespace, grace_period_seconds=0)
+            await eventually(lambda: endpoints_are(["10.1.0.12"], ["10.1.0.10"]))
+            # Services without a selector are left alone.
+            with pytest.raises(ApiError):
+                await client.get("v1 endpoints", "manual", namespace)
+            # The Service deleted: its Endpoints go too.
+            await client.delete("v1 services", "web", namespace)
+
+            async def gone():
+                try:
+                    await client.get("v1 endpoints", "web", namespace)
+                except ApiError as exc:
+                    return is_not_found(exc)
+            await eventually(gone)
+    run(main())
