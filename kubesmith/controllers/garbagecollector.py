@@ -282,11 +282,20 @@ class GarbageCollector:
             raise
 
     async def _remove_owner_references(self, node: Node, owner_uids: list[str]) -> None:
-        patch = {"metadata": {"uid": node.uid, "ownerReferences": [
+        patch: Any = {"metadata": {"uid": node.uid, "ownerReferences": [
             {"$patch": "delete", "uid": uid} for uid in owner_uids]}}
+        patch_type = "strategic"
+        if {ref["uid"] for ref in node.owners} <= set(owner_uids):
+            # None left: the field goes (an emptied list would stay as []), provided the
+            # object is still the one this cache saw.
+            patch_type = "json"
+            patch = [{"op": "test", "path": "/metadata/uid", "value": node.uid},
+                     {"op": "test", "path": "/metadata/resourceVersion",
+                      "value": node.meta.get("resourceVersion", "")},
+                     {"op": "remove", "path": "/metadata/ownerReferences"}]
         try:
             await self.client.patch(node.rt, node.meta.get("name", ""), patch,
-                                    self._namespace(node), patch_type="strategic")
+                                    self._namespace(node), patch_type=patch_type)
         except ApiError as exc:
             if is_not_found(exc) or is_invalid(exc) and node.uid not in self.nodes:
                 return
