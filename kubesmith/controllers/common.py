@@ -441,3 +441,48 @@ def include_in_endpoints(pod: Obj, include_terminating: bool) -> bool:
     if phase == "Failed" or (phase == "Succeeded" and restart != "Always"):
         return False
     return True
+
+
+# --- controller revisions (DaemonSet, StatefulSet) ------------------------------------
+
+REVISION_HASH_LABEL = "controller-revision-hash"
+REVISIONS = "apps/v1 controllerrevisions"
+
+
+async def ensure_revision(client: ApiClient, owner: Obj, revisions: list[Obj],
+                          data: Obj) -> tuple[str, Obj]:
+    """The ControllerRevision of `owner` holding `data` (its pod template patch), made
+    with the next revision number when none does; (hash, revision). `revisions` are
+    the owner's existing ones."""
+    for revision in revisions:
+        if revision.get("data") == data:
+            return (meta(revision).get("labels") or {}).get(REVISION_HASH_LABEL, ""), revision
+    number = max((int(r.get("revision") or 0) for r in revisions), default=0) + 1
+    collisions = ((owner.get("status") or {}).get("collisionCount")) or None
+    digest = compute_hash(data, collisions)
+    template_labels = (((owner.get("spec") or {}).get("template") or {}).get("metadata")
+                       or {}).get("labels") or {}
+    body = {"apiVersion": "apps/v1", "kind": "ControllerRevision",
+            "metadata": {"name": f"{meta(owner)['name']}-{digest}",
+                         "namespace": meta(owner)["namespace"],
+                         "labels": dict(template_labels, **{REVISION_HASH_LABEL: digest}),
+                         "ownerReferences": [owner_reference(owner)]},
+            "data": data, "revision": number}
+    try:
+        created = await client.create(REVISIONS, body, meta(owner)["namespace"])
+    except ApiError as exc:
+        if getattr(exc, "reason", "") != "AlreadyExists":
+            raise
+        created = await client.get(REVISIONS, body["metadata"]["name"], meta(owner)["namespace"])
+        if not is_controlled_by(created, owner) or created.get("data") != data:
+            raise
+    return digest, created
+
+
+def owned_revisions(lister, owner: Obj) -> list[Obj]:
+    return [r for r in lister.list(meta(owner)["namespace"]) if is_controlled_by(r, owner)]
+
+
+def template_patch(template: Obj) -> Obj:
+    """What upstream's DaemonSet and StatefulSet revisions hold: the pod template."""
+    return {"spec": {"template": dict(template, **{"$patch": "replace"})}}

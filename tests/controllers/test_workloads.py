@@ -118,6 +118,15 @@ async def set_pod_phase(client: ApiClient, pod: Obj, phase: str, *, ready: bool 
                        subresource="status")
 
 
+async def start_if_there(client: ApiClient, pod: Obj, node: str) -> None:
+    """start_pod, unless a controller deleted the pod meanwhile."""
+    try:
+        await start_pod(client, pod, node)
+    except ApiError as exc:
+        if not is_not_found(exc):
+            raise
+
+
 async def start_all(client: ApiClient, namespace: str, node: str, selector: str | None = None,
                     ready: bool = True) -> int:
     """Start every pod not running yet; how many were started."""
@@ -319,7 +328,7 @@ def test_deployment_rolling_update_and_kubectl_rollout(cluster):
                 # Start one new pod at a time, as a slow kubelet would.
                 for pod in await pods_of(client, namespace, "app=web"):
                     if (pod.get("status") or {}).get("phase") != "Running":
-                        await start_pod(client, pod, node)
+                        await start_if_there(client, pod, node)
                         break
                 await asyncio.sleep(0.3)
             else:
@@ -623,4 +632,74 @@ def test_endpoints_and_slices_follow_readiness(cluster):
                 except ApiError as exc:
                     return is_not_found(exc)
             await eventually(gone)
+    run(main())
+
+
+# --- DaemonSet ------------------------------------------------------------------------
+
+def test_daemonset_one_pod_per_eligible_node(cluster):
+    from kubesmith.controllers.daemonset import DaemonSetController, pod_node
+    namespace = cluster.new_namespace("ds-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, DaemonSetController) as env:
+            client = env.client
+            tag = uuid.uuid4().hex[:6]
+            plain = await make_node(client, f"ds-{tag}-a", pool=tag)
+            not_ready = await make_node(client, f"ds-{tag}-b", pool=tag)
+            await client.patch("v1 nodes", not_ready, {"spec": {"taints": [
+                {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}]}})
+            tainted = await make_node(client, f"ds-{tag}-c", pool=tag)
+            await client.patch("v1 nodes", tainted, {"spec": {"taints": [
+                {"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}})
+            await make_node(client, f"ds-{tag}-d", pool="elsewhere")
+            template = pod_template({"app": "agent"}, "agent:1", nodeSelector={"pool": tag})
+            await client.create("apps/v1 daemonsets", {
+                "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+                "spec": {"selector": {"matchLabels": {"app": "agent"}}, "template": template}},
+                namespace)
+            pods = await eventually(lambda: _count(client, namespace, "app=agent", 2))
+            assert sorted(pod_node(p) for p in pods) == sorted([plain, not_ready])
+            for pod in pods:
+                terms = pod["spec"]["affinity"]["nodeAffinity"][
+                    "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "In",
+                                                   "values": [pod_node(p)]}]}
+                                 for p in [pod]]
+                keys = {t["key"] for t in pod["spec"]["tolerations"]}
+                assert "node.kubernetes.io/unreachable" in keys
+                assert meta(pod)["labels"]["controller-revision-hash"]
+                await start_pod(client, pod, pod_node(pod))
+            await eventually(lambda: _status_is(
+                client, "apps/v1 daemonsets", "agent", namespace, desiredNumberScheduled=2,
+                currentNumberScheduled=2, numberReady=2, numberAvailable=2,
+                updatedNumberScheduled=2))
+            revisions = (await client.list("apps/v1 controllerrevisions", namespace))["items"]
+            assert len(revisions) == 1 and revisions[0]["revision"] == 1
+
+            # A new eligible node gets a pod; a tolerated taint makes the tainted one fit.
+            extra = await make_node(client, f"ds-{tag}-e", pool=tag)
+            pods = await eventually(lambda: _count(client, namespace, "app=agent", 3))
+            assert extra in {pod_node(p) for p in pods}
+
+            # Rolling update, maxUnavailable 1 (the default).
+            await client.patch("apps/v1 daemonsets", "agent", {"spec": {"template": {"spec": {
+                "containers": [container("agent:2")]}}}}, namespace)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                pods = await pods_of(client, namespace, "app=agent")
+                old = [p for p in pods if p["spec"]["containers"][0]["image"] == "agent:1"
+                       and is_pod_ready(p)]
+                for pod in pods:
+                    if (pod.get("status") or {}).get("phase") != "Running":
+                        await start_if_there(client, pod, pod_node(pod))
+                if not old and len(pods) == 3 and all(is_pod_ready(p) for p in pods):
+                    break
+                # maxUnavailable 1: never more than one of the three nodes without a ready pod
+                assert sum(is_pod_ready(p) for p in pods) >= 2
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("daemonset rolling update did not finish")
+            assert len((await client.list("apps/v1 controllerrevisions",
+                                          namespace))["items"]) == 2
     run(main())
