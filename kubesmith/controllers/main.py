@@ -7,64 +7,31 @@ lost or the manager cannot run, 2 for a bad command line.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import logging
-import os
 import signal
 import socket
 import ssl
 import sys
-import tempfile
 
 from aiohttp import web
 
 from kubesmith.apiserver.main import setup_logging
 from kubesmith.controllers import options as flags
+# One self-signed serving certificate maker for the control-plane components.
+from kubesmith.scheduler.main import self_signed_context
 
 log = logging.getLogger(__name__)
 
 
-def self_signed_context(host: str) -> ssl.SSLContext:
-    """A serving context with a fresh self-signed certificate, as upstream makes one in
-    memory when no --tls-cert-file is given (Python's ssl loads keys only from files, so
-    they exist on disk just long enough to be loaded)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{host}@{int(now.timestamp())}")])
-    alt_names = [x509.DNSName(host), x509.DNSName("localhost"),
-                 x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-            .sign(key, hashes.SHA256()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with tempfile.TemporaryDirectory(prefix="kcm-serving-") as folder:
-        cert_file, key_file = os.path.join(folder, "tls.crt"), os.path.join(folder, "tls.key")
-        with open(cert_file, "wb") as out:
-            out.write(cert.public_bytes(serialization.Encoding.PEM))
-        with open(os.open(key_file, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as out:
-            out.write(key.private_bytes(serialization.Encoding.PEM,
-                                        serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()))
-        context.load_cert_chain(cert_file, key_file)
-    return context
-
-
 class HealthServer:
-    """/healthz, /livez and /readyz on --bind-address:--secure-port (upstream allows
-    these paths without authentication); --secure-port=0 serves nothing."""
+    """/healthz, /livez, /readyz and /metrics on --bind-address:--secure-port (upstream
+    allows the health paths without authentication); --secure-port=0 serves nothing.
+    Without --tls-cert-file the certificate is self-signed, made at start."""
 
     def __init__(self, options: flags.Options):
         self.options = options
         self.leader_election = None     # a LeaderElector, when there is one
+        self.manager = None             # the ControllerManager, for /metrics
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -75,6 +42,7 @@ class HealthServer:
         for path in ("/healthz", "/livez", "/readyz"):
             app.router.add_get(path, self._ok)
             app.router.add_get(path + "/{check}", self._ok)
+        app.router.add_get("/metrics", self._metrics)
         if self.options.tls_cert_file and self.options.tls_private_key_file:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(self.options.tls_cert_file, self.options.tls_private_key_file)
@@ -93,6 +61,25 @@ class HealthServer:
         if check not in (None, "ping", "leaderElection"):
             return web.Response(status=404, text="404 page not found\n")
         return web.Response(text="ok", content_type="text/plain")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        elector = self.leader_election
+        leading = 1 if elector is None or elector.is_leader() else 0
+        lines = ["# TYPE leader_election_master_status gauge",
+                 f'leader_election_master_status{{name="kube-controller-manager"}} {leading}']
+        manager = self.manager
+        if manager is not None:
+            lines.append("# TYPE workqueue_depth gauge")
+            for controller in manager.controllers.values():
+                queue = getattr(controller, "queue", None)
+                if queue is not None and getattr(queue, "name", ""):
+                    lines.append(f'workqueue_depth{{name="{queue.name}"}} {len(queue)}')
+            lines.append("# TYPE kubesmith_controller_restarts_total counter")
+            for name, count in sorted(manager.restarts.items()):
+                lines.append(f'kubesmith_controller_restarts_total{{controller="{name}"}} '
+                             f"{count}")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain",
+                            charset="utf-8")
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None

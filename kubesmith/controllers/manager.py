@@ -105,12 +105,13 @@ def workers_for(name: str, options: Options) -> int:
 
 class ControllerManager:
     def __init__(self, client: ApiClient, options: Options, *, host: str = "",
-                 restart_backoff: Backoff | None = None):
+                 restart_backoff: float = 1.0):
         self.client = client
         self.options = options
         self.host = host or socket.gethostname()
-        self.restart_backoff_initial = 1.0
+        self.restart_backoff = restart_backoff     # first wait before a restart, doubling
         self.controllers: dict[str, Any] = {}
+        self.restarts: dict[str, int] = {}
         self.informers: InformerFactory | None = None
         self.started = asyncio.Event()      # set once every controller's run() began
 
@@ -146,7 +147,7 @@ class ControllerManager:
             await self.informers.shutdown()
 
     async def _supervise(self, name: str, controller: Any) -> None:
-        backoff = Backoff(self.restart_backoff_initial, 60.0, reset_after=300.0)
+        backoff = Backoff(self.restart_backoff, 60.0, reset_after=300.0)
         workers = workers_for(name, self.options)
         while True:
             try:
@@ -156,6 +157,7 @@ class ControllerManager:
                 raise
             except Exception:
                 log.exception("controller %s crashed; restarting it", name)
+            self.restarts[name] = self.restarts.get(name, 0) + 1
             await asyncio.sleep(backoff.next())
 
 
@@ -178,6 +180,7 @@ async def run_process(options: Options, stop: asyncio.Event) -> int:
     await health.start()
     client = make_client(options)
     manager = ControllerManager(client, options)
+    health.manager = manager
     code = 0
     try:
         if options.leader_elect:

@@ -2,8 +2,7 @@
 between two processes, exit codes."""
 from __future__ import annotations
 
-import json
-import os
+import asyncio
 import signal
 import ssl
 import subprocess
@@ -122,6 +121,36 @@ def test_enabled_controllers_from_the_registry():
     assert only == ["nodeipam", "serviceaccount"]
 
 
+def test_a_crashing_controller_is_restarted_after_a_backoff():
+    from kubesmith.controllers.manager import ControllerManager
+
+    class Flaky:
+        def __init__(self):
+            self.runs: list[int] = []
+
+        async def run(self, workers: int) -> None:
+            self.runs.append(workers)
+            if len(self.runs) == 1:
+                raise RuntimeError("boom")
+            await asyncio.Event().wait()
+
+    async def main():
+        manager = ControllerManager(None, flags.parse(["--kubeconfig=k",
+                                                       "--concurrent-namespace-syncs=4"]),
+                                    host="h", restart_backoff=0.01)
+        flaky = Flaky()
+        task = asyncio.create_task(manager._supervise("namespace", flaky))
+        deadline = time.monotonic() + 5
+        while len(flaky.runs) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return flaky.runs, manager.restarts
+
+    runs, restarts = asyncio.run(main())
+    assert runs == [4, 4] and restarts == {"namespace": 1}
+
+
 # --- the process -----------------------------------------------------------------------
 
 class Process:
@@ -178,6 +207,11 @@ def test_two_managers_one_leads_and_the_other_takes_over(cluster, tmp_path):
         with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context,
                                     timeout=10) as answer:
             assert answer.read() == b"ok"
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context,
+                                    timeout=10) as answer:
+            metrics = answer.read().decode()
+        assert 'leader_election_master_status{name="kube-controller-manager"} 1' in metrics
+        assert 'workqueue_depth{name="serviceaccount"}' in metrics
         # The second one keeps trying while the lease is renewed.
         wait_for(lambda: "trying to acquire lease" in two.text(), timeout=30)
         time.sleep(2)
