@@ -703,3 +703,70 @@ def test_daemonset_one_pod_per_eligible_node(cluster):
             assert len((await client.list("apps/v1 controllerrevisions",
                                           namespace))["items"]) == 2
     run(main())
+
+
+# --- StatefulSet ----------------------------------------------------------------------
+
+def test_statefulset_ordered_creation_scale_down_and_rolling_update(cluster):
+    from kubesmith.controllers.statefulset import StatefulSetController
+    namespace = cluster.new_namespace("sts-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, StatefulSetController) as env:
+            client = env.client
+            node = await make_node(client)
+            await client.create("apps/v1 statefulsets", {
+                "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+                "spec": {"replicas": 3, "serviceName": "db",
+                         "selector": {"matchLabels": {"app": "db"}},
+                         "template": pod_template({"app": "db"}, "db:1")}}, namespace)
+            # OrderedReady: db-1 only once db-0 is Running and Ready, and so on.
+            for ordinal in range(3):
+                pods = await eventually(lambda: _count(client, namespace, "app=db",
+                                                       ordinal + 1))
+                await asyncio.sleep(0.3)
+                pods = await pods_of(client, namespace, "app=db")
+                assert sorted(meta(p)["name"] for p in pods) == [f"db-{i}"
+                                                                for i in range(ordinal + 1)]
+                pod = next(p for p in pods if meta(p)["name"] == f"db-{ordinal}")
+                assert pod["spec"]["hostname"] == f"db-{ordinal}"
+                assert pod["spec"]["subdomain"] == "db"
+                labels = meta(pod)["labels"]
+                assert labels["statefulset.kubernetes.io/pod-name"] == f"db-{ordinal}"
+                assert labels["apps.kubernetes.io/pod-index"] == str(ordinal)
+                assert labels["controller-revision-hash"]
+                await start_pod(client, pod, node)
+            status = await eventually(lambda: _status_is(
+                client, "apps/v1 statefulsets", "db", namespace, replicas=3, readyReplicas=3,
+                updatedReplicas=3, currentReplicas=3))
+            assert status["currentRevision"] == status["updateRevision"]
+
+            # Rolling update: highest ordinal first, one at a time.
+            await client.patch("apps/v1 statefulsets", "db", {"spec": {"template": {"spec": {
+                "containers": [container("db:2")]}}}}, namespace)
+            order = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                pods = await pods_of(client, namespace, "app=db")
+                for pod in pods:
+                    if (pod.get("status") or {}).get("phase") != "Running":
+                        if pod["spec"]["containers"][0]["image"] == "db:2":
+                            order.append(meta(pod)["name"])
+                        await start_if_there(client, pod, node)
+                if len(pods) == 3 and all(p["spec"]["containers"][0]["image"] == "db:2"
+                                          and is_pod_ready(p) for p in pods):
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("statefulset rolling update did not finish")
+            assert order == ["db-2", "db-1", "db-0"], order
+            status = await eventually(lambda: _status_is(
+                client, "apps/v1 statefulsets", "db", namespace, replicas=3, updatedReplicas=3))
+            assert status["currentRevision"] == status["updateRevision"]
+
+            # Scale down: highest ordinal first.
+            await client.patch("apps/v1 statefulsets", "db", {"spec": {"replicas": 1}},
+                               namespace)
+            pods = await eventually(lambda: _count(client, namespace, "app=db", 1))
+            assert meta(pods[0])["name"] == "db-0"
+    run(main())
