@@ -241,7 +241,7 @@ class SchedulerCache:
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeInfo] = {}
-        self._node_names: list[str] | None = []    # nodes with a Node object, in order
+        self._node_list: list[NodeInfo] | None = []    # nodes with a Node object, by name
         self._pods: dict[str, PodInfo] = {}        # key -> the PodInfo accounted
         self.assumed: set[str] = set()
 
@@ -249,10 +249,10 @@ class SchedulerCache:
 
     def node_infos(self) -> list[NodeInfo]:
         """Nodes that exist (not placeholders holding pods of a node not yet seen)."""
-        if self._node_names is None:
-            self._node_names = sorted(name for name, info in self.nodes.items()
-                                      if info.node is not None)
-        return [self.nodes[name] for name in self._node_names]
+        if self._node_list is None:
+            self._node_list = [self.nodes[name] for name in sorted(self.nodes)
+                               if self.nodes[name].node is not None]
+        return self._node_list
 
     def __len__(self) -> int:
         return len(self.node_infos())
@@ -263,7 +263,7 @@ class SchedulerCache:
         if info is None:
             info = self.nodes[name] = NodeInfo(name)
         if info.node is None:
-            self._node_names = None
+            self._node_list = None
         info.set_node(node)
         return info
 
@@ -273,7 +273,7 @@ class SchedulerCache:
         info = self.nodes.get(name)
         if info is None:
             return
-        self._node_names = None
+        self._node_list = None
         if info.pods:
             info.node = None    # its pods' deletions are still to come
             info.labels, info.taints = {}, []

@@ -120,13 +120,8 @@ class Framework:
         return totals
 
     def _select(self, totals: list[int], nodes: list[NodeInfo]) -> str:
-        """The highest total; ties broken at random (reservoir sampling, as upstream)."""
-        best, chosen, ties = -1, 0, 0
-        for index, total in enumerate(totals):
-            if total > best:
-                best, chosen, ties = total, index, 1
-            elif total == best:
-                ties += 1
-                if self.rng.randrange(ties) == 0:
-                    chosen = index
-        return nodes[chosen].name
+        """The highest total; ties broken at random, each tied node equally likely (as
+        upstream's reservoir sampling)."""
+        best = max(totals)
+        tied = [index for index, total in enumerate(totals) if total == best]
+        return nodes[tied[0] if len(tied) == 1 else self.rng.choice(tied)].name

@@ -34,11 +34,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kubesmith.apiserver.options import parse_bool, parse_duration
-from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.leaderelection import LeaderElector
 from kubesmith.client.rest import ApiClient
-from kubesmith.scheduler.scheduler import Scheduler
+from kubesmith.scheduler.scheduler import Scheduler, ShardedRecorder
 
 log = logging.getLogger("kube-scheduler")
 
@@ -201,7 +200,7 @@ async def run(options: Options) -> int:
                                        qps=options.kube_api_qps, burst=options.kube_api_burst)
     hostname = socket.gethostname()
     informers = InformerFactory(client)
-    recorder = EventRecorder(client, COMPONENT)
+    recorder = ShardedRecorder(client, COMPONENT)
     scheduler = Scheduler(client, informers, recorder,
                           percentage_of_nodes_to_score=options.percentage_of_nodes_to_score)
     lost = asyncio.Event()

@@ -150,13 +150,17 @@ class CycleState:
         self.affinity_counts: Counter = Counter()
         self.anti_counts: Counter = Counter()
         self.check_affinity = False
+        self.affinity_pods_exist = False    # any pod with (anti-)affinity on any node
         # PodTopologySpread filter
         self.hard_spread: list[tuple[SpreadConstraint, Counter, int]] = []
         self._prefilter()
+        self.filters = filters_for(self)
 
     def _prefilter(self) -> None:
         pod = self.pod
         for node in self.nodes:
+            if node.with_affinity:
+                self.affinity_pods_exist = True
             if node.with_required_anti_affinity:
                 labels = node.labels
                 for existing in node.with_required_anti_affinity.values():
@@ -243,6 +247,11 @@ def filter_resources_fit(state: CycleState, node: NodeInfo) -> Reasons:
     """Every insufficient resource is a reason of its own, as upstream reports them."""
     want = state.pod.requests
     have, used = node.allocatable, node.requested
+    if (len(node.pods) < node.allowed_pods and not want.scalars
+            and want.milli_cpu <= have.milli_cpu - used.milli_cpu
+            and want.memory <= have.memory - used.memory
+            and want.ephemeral <= have.ephemeral - used.ephemeral):
+        return None     # the common case, decided without building a list
     reasons = []
     if len(node.pods) + 1 > node.allowed_pods:
         reasons.append(ERR_TOO_MANY_PODS)
@@ -308,8 +317,26 @@ FILTERS: tuple[Callable[[CycleState, NodeInfo], Reasons], ...] = (
 )
 
 
+def filters_for(state: CycleState) -> list[Callable[[CycleState, NodeInfo], Reasons]]:
+    """The filters that can fail for this pod, in FILTERS' order (the others would
+    pass every node; skipping them is most of a cycle's cost on large clusters)."""
+    pod = state.pod
+    skip = set()
+    if not pod.pod.get("spec", {}).get("nodeName"):
+        skip.add(filter_node_name)
+    if not pod.node_selector and pod.required_node_terms is None:
+        skip.add(filter_node_affinity)
+    if not pod.host_ports:
+        skip.add(filter_node_ports)
+    if not state.hard_spread:
+        skip.add(filter_topology_spread)
+    if not state.check_affinity:
+        skip.add(filter_inter_pod_affinity)
+    return [check for check in FILTERS if check not in skip]
+
+
 def run_filters(state: CycleState, node: NodeInfo) -> Reasons:
-    for check in FILTERS:
+    for check in state.filters:
         reasons = check(state, node)
         if reasons:
             return reasons
@@ -330,35 +357,39 @@ def default_normalize(scores: list[int], reverse: bool = False) -> list[int]:
 def score_least_allocated(state: CycleState, nodes: list[NodeInfo]) -> list[int]:
     """NodeResourcesFit (LeastAllocated, cpu and memory weighted equally), on requests
     with upstream's defaults for containers that give none."""
-    pod = state.pod
+    pod_cpu, pod_memory = state.pod.non_zero_cpu, state.pod.non_zero_memory
     out = []
+    append = out.append
     for node in nodes:
         total = 0
-        for capacity, requested in ((node.allocatable.milli_cpu,
-                                     node.non_zero_cpu + pod.non_zero_cpu),
-                                    (node.allocatable.memory,
-                                     node.non_zero_memory + pod.non_zero_memory)):
-            if capacity > 0 and requested <= capacity:
-                total += (capacity - requested) * MAX_SCORE // capacity
-        out.append(total // 2)
+        capacity = node.allocatable.milli_cpu
+        requested = node.non_zero_cpu + pod_cpu
+        if capacity > 0 and requested <= capacity:
+            total += (capacity - requested) * MAX_SCORE // capacity
+        capacity = node.allocatable.memory
+        requested = node.non_zero_memory + pod_memory
+        if capacity > 0 and requested <= capacity:
+            total += (capacity - requested) * MAX_SCORE // capacity
+        append(total // 2)
     return out
 
 
 def score_balanced_allocation(state: CycleState, nodes: list[NodeInfo]) -> list[int]:
     """NodeResourcesBalancedAllocation: 100 when cpu and memory are used in the same
-    proportion, less as they drift apart."""
+    proportion, less as they drift apart (the standard deviation of the two)."""
     want = state.pod.requests
+    pod_cpu, pod_memory = want.milli_cpu, want.memory
     out = []
+    append = out.append
     for node in nodes:
-        fractions = []
-        for capacity, requested in ((node.allocatable.milli_cpu,
-                                     node.requested.milli_cpu + want.milli_cpu),
-                                    (node.allocatable.memory,
-                                     node.requested.memory + want.memory)):
-            if capacity > 0:
-                fractions.append(min(requested / capacity, 1.0))
-        std = abs(fractions[0] - fractions[1]) / 2 if len(fractions) == 2 else 0.0
-        out.append(int((1 - std) * MAX_SCORE))
+        allocatable, requested = node.allocatable, node.requested
+        cpu_capacity, memory_capacity = allocatable.milli_cpu, allocatable.memory
+        if cpu_capacity > 0 and memory_capacity > 0:
+            cpu = min((requested.milli_cpu + pod_cpu) / cpu_capacity, 1.0)
+            memory = min((requested.memory + pod_memory) / memory_capacity, 1.0)
+            append(int((1 - abs(cpu - memory) / 2) * MAX_SCORE))
+        else:
+            append(MAX_SCORE)
     return out
 
 
@@ -377,7 +408,7 @@ def score_taint_toleration(state: CycleState, nodes: list[NodeInfo]) -> list[int
                    if (t.get("effect") or "PreferNoSchedule") == "PreferNoSchedule"]
     raw = [sum(1 for taint in node.taints if taint.get("effect") == "PreferNoSchedule"
                and not any(tolerates(t, taint) for t in tolerations))
-           for node in nodes]
+           if node.taints else 0 for node in nodes]
     if not any(raw):
         return None     # all 100: no difference between nodes
     return default_normalize(raw, reverse=True)
@@ -388,6 +419,8 @@ def score_inter_pod_affinity(state: CycleState, nodes: list[NodeInfo]) -> list[i
     pods (their required affinity counting HARD_POD_AFFINITY_WEIGHT) towards it."""
     pod = state.pod
     preferred = pod.preferred_affinity or pod.preferred_anti_affinity
+    if not preferred and not state.affinity_pods_exist:
+        return None
     topology: Counter = Counter()
     for node in state.nodes:
         labels = node.labels

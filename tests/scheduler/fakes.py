@@ -1,8 +1,11 @@
-"""Node and pod dicts for the scheduler's tests."""
+"""Node and pod dicts for the scheduler's tests, and nodes registered with a real API
+server the way a kubelet registers them."""
 from __future__ import annotations
 
 import itertools
 from typing import Any
+
+from tests.apiserver.harness import Cluster
 
 _uid = itertools.count(1)
 
@@ -40,3 +43,19 @@ def make_pod(name: str, namespace: str = "default", *, cpu: str | None = None,
     if node:
         body["spec"]["nodeName"] = node
     return body
+
+
+def create_node(cluster: Cluster, node: dict) -> None:
+    """POST a node, then its status (allocatable, Ready) through /status, which is what
+    counts if the create dropped it."""
+    answer = cluster.request("POST", "/api/v1/nodes", node)
+    assert answer.status == 201, answer.body
+    name = node["metadata"]["name"]
+    answer = cluster.request("PATCH", f"/api/v1/nodes/{name}/status",
+                             {"status": node["status"]},
+                             content_type="application/merge-patch+json")
+    assert answer.status == 200, answer.body
+
+
+def delete_node(cluster: Cluster, name: str) -> None:
+    cluster.request("DELETE", f"/api/v1/nodes/{name}")

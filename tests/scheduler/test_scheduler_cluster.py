@@ -3,8 +3,6 @@ behaviour, and as two `kube-scheduler` processes for leader election."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import ssl
 import subprocess
@@ -13,17 +11,14 @@ import time
 import urllib.request
 import uuid
 
-import pytest
-
-from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.rest import ApiClient
-from kubesmith.scheduler.scheduler import Scheduler
+from kubesmith.scheduler.scheduler import Scheduler, ShardedRecorder
 from kubesmith.store.testing import free_port
-from tests.scheduler.conftest import create_node, delete_node
-from tests.scheduler.fakes import make_node, make_pod
+from tests.scheduler.fakes import create_node, delete_node, make_node, make_pod
 
-MESSAGE_TAIL = " preemption: 0/{n} nodes are available: {n} Preemption is not helpful for scheduling."
+MESSAGE_TAIL = (" preemption: 0/{n} nodes are available: {n} Preemption is not helpful "
+                "for scheduling.")
 
 
 async def eventually(check, timeout: float = 15.0, interval: float = 0.05):
@@ -74,7 +69,7 @@ def test_scheduling_against_the_api_server(cluster):
                                              qps=500, burst=1000) as client:
             factory = InformerFactory(client)
             scheduler = Scheduler(client, factory,
-                                  EventRecorder(client, "default-scheduler"))
+                                  ShardedRecorder(client, "default-scheduler"))
             factory.start()
             assert await factory.wait_for_sync(20)
             running = asyncio.create_task(scheduler.run())
@@ -179,12 +174,16 @@ def wait_for(check, timeout: float, what: str):
 
 
 def healthz(port: int) -> str:
+    """The answer of /healthz ("" while nothing listens yet)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE     # a self-signed serving certificate
-    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5,
-                                context=context) as answer:
-        return answer.read().decode()
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5,
+                                    context=context) as answer:
+            return answer.read().decode()
+    except OSError:
+        return ""
 
 
 def test_two_schedulers_one_leader_and_takeover(cluster, tmp_path):
