@@ -13,7 +13,15 @@ nodelifecycle, every --node-monitor-period:
     NoSchedule, memory-pressure / disk-pressure / pid-pressure / network-unavailable
     NoSchedule taints, unschedulable for a cordoned node; removed when the condition
     clears;
-  * the pods of a node that is not Ready get their Ready condition set False.
+  * the pods of a node that is not Ready get their Ready condition set False;
+  * NoExecute taints are rationed per zone (topology.kubernetes.io/zone) as upstream:
+    --node-eviction-rate nodes a second (burst 1) in a zone that is Normal or fully
+    disrupted, --secondary-node-eviction-rate in a partially disrupted one (at least 3
+    and --unhealthy-zone-threshold of its nodes not Ready) larger than
+    --large-cluster-size-threshold, none in a smaller one; when every zone is fully
+    disrupted (the control plane is more likely cut off than all nodes dead), no node
+    keeps or gets a not-ready/unreachable NoExecute taint. NoSchedule taints and the
+    removal of taints are never rationed.
 
 taint-eviction-controller: a pod on a node with NoExecute taints it does not tolerate is
 deleted at once (condition DisruptionTarget, reason DeletionByTaintManager); tolerated
@@ -57,6 +65,9 @@ CONDITION_TAINTS = {
 MANAGED_TAINT_KEYS = set(CONDITION_TAINTS.values()) | {UNSCHEDULABLE}
 MONITORED_CONDITIONS = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure")
 POD_NODE_INDEX = "kubesmith.io/pod-node-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
+NORMAL, PARTIAL_DISRUPTION, FULL_DISRUPTION = "Normal", "PartialDisruption", "FullDisruption"
 
 
 def now_rfc3339() -> str:
@@ -103,11 +114,27 @@ def desired_taints(node: Obj) -> set[tuple[str, str]]:
     return wanted
 
 
-def reconcile_taints(node: Obj) -> list[Obj] | None:
+def _has_no_execute(node: Obj) -> bool:
+    return any(t.get("key") in (NOT_READY, UNREACHABLE) and t.get("effect") == "NoExecute"
+               for t in (node.get("spec") or {}).get("taints") or [])
+
+
+def needs_new_no_execute(node: Obj) -> bool:
+    """The node calls for a not-ready/unreachable NoExecute taint and has none (adding
+    one is rationed; swapping one for the other is not)."""
+    return any(effect == "NoExecute" for _, effect in desired_taints(node)) and \
+        not _has_no_execute(node)
+
+
+def reconcile_taints(node: Obj, *, new_no_execute: bool = True,
+                     no_execute: bool = True) -> list[Obj] | None:
     """The node's taints with the managed ones made to match its conditions; None when
-    nothing changes."""
+    nothing changes. new_no_execute=False: no NoExecute taint where there is none yet;
+    no_execute=False: none at all (every zone fully disrupted)."""
     taints = list((node.get("spec") or {}).get("taints") or [])
     wanted = desired_taints(node)
+    if not no_execute or (not new_no_execute and not _has_no_execute(node)):
+        wanted = {(key, effect) for key, effect in wanted if effect != "NoExecute"}
     have = {(t.get("key"), t.get("effect")) for t in taints if t.get("key") in
             MANAGED_TAINT_KEYS}
     if have == wanted:
@@ -120,6 +147,51 @@ def reconcile_taints(node: Obj) -> list[Obj] | None:
             taint["timeAdded"] = now_rfc3339()
         kept.append(taint)
     return kept
+
+
+def zone_of(node: Obj) -> str:
+    """Upstream's zone key: region and zone labels."""
+    labels = (node.get("metadata") or {}).get("labels") or {}
+    return f"{labels.get(REGION_LABEL, '')}:\x00:{labels.get(ZONE_LABEL, '')}"
+
+
+def zone_state(ready: list[bool], unhealthy_threshold: float) -> str:
+    """Upstream's ComputeZoneState from the nodes' Ready == True."""
+    ready_count = sum(ready)
+    not_ready = len(ready) - ready_count
+    if ready_count == 0 and not_ready > 0:
+        return FULL_DISRUPTION
+    if not_ready > 2 and not_ready / len(ready) >= unhealthy_threshold:
+        return PARTIAL_DISRUPTION
+    return NORMAL
+
+
+class TaintLimiter:
+    """A token bucket that refuses instead of waiting; qps 0 refuses everything."""
+
+    def __init__(self, qps: float, burst: int = 1):
+        self.qps, self.burst = qps, burst
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+
+    def set_rate(self, qps: float) -> None:
+        if qps != self.qps:
+            self.refill()
+            self.qps = qps
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.last) * self.qps)
+        self.last = now
+
+    def try_accept(self) -> bool:
+        if self.qps <= 0:
+            return False        # upstream swaps in a limiter that never accepts
+        self.refill()
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 @dataclass
@@ -143,6 +215,12 @@ class NodeLifecycleController:
         self.pods = pods_by_node(ctx)
         self.recorder = ctx.recorder("node-controller")
         self.health: dict[str, NodeHealth] = {}
+        self.eviction_rate = float(getattr(options, "node_eviction_rate", 0.1))
+        self.secondary_rate = float(getattr(options, "secondary_node_eviction_rate", 0.01))
+        self.large_cluster = int(getattr(options, "large_cluster_size_threshold", 50))
+        self.unhealthy_threshold = float(getattr(options, "unhealthy_zone_threshold", 0.55))
+        self.limiters: dict[str, TaintLimiter] = {}
+        self.zone_states: dict[str, str] = {}
 
     async def run(self, workers: int) -> None:
         while True:
@@ -151,16 +229,26 @@ class NodeLifecycleController:
             await asyncio.sleep(max(self.period - (time.monotonic() - started), 0.05))
 
     async def monitor(self) -> None:
-        names = set()
+        current: list[Obj] = []
         for node in self.nodes.lister.list():
-            name = (node.get("metadata") or {}).get("name", "")
-            names.add(name)
             try:
-                await self.check(node)
+                current.append(await self.check_health(node))
             except (ApiError, ConnectionError) as exc:
-                log.warning("node %s: %s", name, exc)
+                log.warning("node %s: %s", node["metadata"]["name"], exc)
+                current.append(node)
+        names = {node["metadata"]["name"] for node in current}
         for gone in set(self.health) - names:
             del self.health[gone]
+        no_execute = self.update_zones(current)
+        for node in current:
+            name = node["metadata"]["name"]
+            try:
+                await self.taint(node, no_execute)
+                ready = condition(node, "Ready")
+                if ready is None or ready.get("status") != "True":
+                    await self.mark_pods_not_ready(name)
+            except (ApiError, ConnectionError) as exc:
+                log.warning("node %s: %s", name, exc)
 
     def observe(self, name: str, node: Obj) -> NodeHealth:
         ready = condition(node, "Ready") or {}
@@ -175,19 +263,47 @@ class NodeLifecycleController:
             health.probe, health.heartbeat, health.renew = now, heartbeat, renew
         return health
 
-    async def check(self, node: Obj) -> None:
+    async def check_health(self, node: Obj) -> Obj:
+        """The node, with its conditions made Unknown when it has been silent too long."""
         name = node["metadata"]["name"]
         health = self.observe(name, node)
-        ready = condition(node, "Ready")
-        grace = self.grace if ready is not None else self.startup_grace
+        grace = self.grace if condition(node, "Ready") is not None else self.startup_grace
         if time.monotonic() - health.probe > grace:
-            node = await self.mark_unknown(name, ready is None) or node
-        taints = reconcile_taints(node)
-        if taints is not None:
-            await self.set_taints(name, node)
-        ready = condition(node, "Ready")
-        if ready is None or ready.get("status") != "True":
-            await self.mark_pods_not_ready(name)
+            return await self.mark_unknown(name, condition(node, "Ready") is None) or node
+        return node
+
+    def update_zones(self, nodes: list[Obj]) -> bool:
+        """Zone states and their taint rates; False in master disruption mode (every
+        zone fully disrupted): no not-ready/unreachable NoExecute taints at all."""
+        zones: dict[str, list[bool]] = {}
+        for node in nodes:
+            ready = (condition(node, "Ready") or {}).get("status") == "True"
+            zones.setdefault(zone_of(node), []).append(ready)
+        states = {zone: zone_state(ready, self.unhealthy_threshold)
+                  for zone, ready in zones.items()}
+        for zone, state in states.items():
+            if self.zone_states.get(zone) != state:
+                log.info("zone %r is now %s", zone.replace(":\x00:", "/"), state)
+            if state == PARTIAL_DISRUPTION:
+                rate = self.secondary_rate if len(zones[zone]) > self.large_cluster else 0.0
+            else:
+                rate = self.eviction_rate
+            self.limiters.setdefault(zone, TaintLimiter(rate)).set_rate(rate)
+        self.zone_states = states
+        all_disrupted = bool(states) and all(s == FULL_DISRUPTION for s in states.values())
+        if all_disrupted:
+            log.warning("every zone is fully disrupted: no NoExecute taints (master "
+                        "disruption mode)")
+        return not all_disrupted
+
+    async def taint(self, node: Obj, no_execute: bool) -> None:
+        allow_new = True
+        if no_execute and needs_new_no_execute(node):
+            limiter = self.limiters.get(zone_of(node))
+            allow_new = limiter is None or limiter.try_accept()
+        if reconcile_taints(node, new_no_execute=allow_new, no_execute=no_execute) is None:
+            return
+        await self.set_taints(node["metadata"]["name"], allow_new, no_execute)
 
     async def mark_unknown(self, name: str, never_posted: bool) -> Obj | None:
         """Conditions Unknown on the live node; the node as written (None: unchanged)."""
@@ -226,14 +342,10 @@ class NodeLifecycleController:
         # The heartbeat kept its value, so our own write is not taken for the kubelet.
         return written
 
-    async def set_taints(self, name: str, node: Obj) -> None:
+    async def set_taints(self, name: str, new_no_execute: bool, no_execute: bool) -> None:
+        # The live node: the cache may be behind our own status write.
         live = await self.client.get("v1 nodes", name)
-        # Conditions as just written (the cache may be behind our own status write).
-        if (node.get("metadata") or {}).get("resourceVersion", "") and \
-                int(node["metadata"]["resourceVersion"]) > int(
-                    live["metadata"].get("resourceVersion") or 0):
-            live = node
-        taints = reconcile_taints(live)
+        taints = reconcile_taints(live, new_no_execute=new_no_execute, no_execute=no_execute)
         if taints is None:
             return
         spec = dict(live.get("spec") or {})

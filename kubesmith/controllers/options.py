@@ -193,6 +193,10 @@ class Options:
     node_monitor_period: float = 5.0
     node_startup_grace_period: float = 60.0
     pod_eviction_timeout: float = 300.0
+    node_eviction_rate: float = 0.1
+    secondary_node_eviction_rate: float = 0.01
+    large_cluster_size_threshold: int = 50
+    unhealthy_zone_threshold: float = 0.55
     terminated_pod_gc_threshold: int = 12500
     kube_api_qps: float = 20.0
     kube_api_burst: int = 30
@@ -274,6 +278,13 @@ def _parser() -> argparse.ArgumentParser:
     flag("--node-startup-grace-period", parse_duration,
          "silence allowed to a node that never reported (1m0s)")
     flag("--pod-eviction-timeout", parse_duration, "accepted (taints evict pods upstream too)")
+    flag("--node-eviction-rate", float, "nodes a second given NoExecute taints in a healthy "
+         "zone (0.1)")
+    flag("--secondary-node-eviction-rate", float, "the same in an unhealthy zone (0.01)")
+    flag("--large-cluster-size-threshold", int, "nodes from which an unhealthy zone keeps "
+         "the secondary rate instead of stopping (50)")
+    flag("--unhealthy-zone-threshold", float, "share of not-Ready nodes (at least 3) that "
+         "makes a zone unhealthy (0.55)")
     flag("--terminated-pod-gc-threshold", int,
          "terminated pods kept before the oldest are deleted (12500; 0 keeps all)")
     flag("--kube-api-qps", float, "requests per second to the API server (20)")

@@ -11,9 +11,15 @@ from datetime import datetime, timezone
 from kubesmith.controllers import namespace as namespace_controller
 from kubesmith.controllers.nodeipam import CIDRSet, CIDRSetFull
 from kubesmith.controllers.nodelifecycle import (
+    FULL_DISRUPTION,
+    NORMAL,
+    PARTIAL_DISRUPTION,
+    TaintLimiter,
     min_toleration_seconds,
+    needs_new_no_execute,
     reconcile_taints,
     tolerates,
+    zone_state,
 )
 from kubesmith.controllers.rootca import CONFIG_MAP, DESCRIPTION, DESCRIPTION_ANNOTATION
 from tests.controllers.conftest import CLUSTER_CIDR, wait_for
@@ -410,6 +416,37 @@ def test_taints_follow_conditions():
     assert reconcile_taints(node) is None
     node["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
     assert reconcile_taints(node) == [{"key": "custom", "effect": "NoSchedule"}]
+
+
+def test_no_execute_taints_rationed_and_withheld():
+    node = {"spec": {}, "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]}}
+    assert needs_new_no_execute(node)
+    held = reconcile_taints(node, new_no_execute=False)
+    assert [(t["key"], t["effect"]) for t in held] == [
+        ("node.kubernetes.io/unreachable", "NoSchedule")]
+    # Swapping not-ready for unreachable needs no token.
+    node["spec"]["taints"] = [{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}]
+    assert not needs_new_no_execute(node)
+    swapped = reconcile_taints(node, new_no_execute=False)
+    assert {(t["key"], t["effect"]) for t in swapped} == {
+        ("node.kubernetes.io/unreachable", "NoExecute"),
+        ("node.kubernetes.io/unreachable", "NoSchedule")}
+    # Master disruption mode: NoExecute taints go.
+    node["spec"]["taints"] = swapped
+    assert [(t["key"], t["effect"]) for t in reconcile_taints(node, no_execute=False)] == [
+        ("node.kubernetes.io/unreachable", "NoSchedule")]
+
+
+def test_zone_states_and_limiter():
+    assert zone_state([True, True, False], 0.55) == NORMAL
+    assert zone_state([False, False], 0.55) == FULL_DISRUPTION
+    assert zone_state([True, False, False], 0.55) == NORMAL          # only 2 not ready
+    assert zone_state([True, False, False, False], 0.55) == PARTIAL_DISRUPTION
+    assert zone_state([True, True, False, False, False, True, True], 0.55) == NORMAL
+    limiter = TaintLimiter(0.1)
+    assert limiter.try_accept() and not limiter.try_accept()
+    stopped = TaintLimiter(0.0)
+    assert not stopped.try_accept()
 
 
 def test_namespace_resources_and_estimates():
