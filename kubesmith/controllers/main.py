@@ -16,6 +16,7 @@ import sys
 from aiohttp import web
 
 from kubesmith.apiserver.main import setup_logging
+from kubesmith.client.kubeconfig import KubeconfigError
 from kubesmith.controllers import options as flags
 # One self-signed serving certificate maker for the control-plane components.
 from kubesmith.scheduler.main import self_signed_context
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return asyncio.run(serve(options))
-    except OSError as exc:
+    except (OSError, KubeconfigError) as exc:
         log.error("cannot run: %s", exc)
         return 1
 

@@ -176,20 +176,20 @@ def make_client(options: Options) -> ApiClient:
 async def run_process(options: Options, stop: asyncio.Event) -> int:
     """The process's life until `stop` is set (exit code 0) or leadership is lost (1)."""
     from kubesmith.controllers.main import HealthServer
-    health = HealthServer(options)
-    await health.start()
     client = make_client(options)
     manager = ControllerManager(client, options)
+    health = HealthServer(options)
     health.manager = manager
     code = 0
     try:
+        await health.start()
         if options.leader_elect:
             identity = f"{socket.gethostname()}_{uuid.uuid4()}"
-            lost = asyncio.Event()
             elector = LeaderElector(
                 client, name=options.leader_elect_resource_name,
                 namespace=options.leader_elect_resource_namespace, identity=identity,
-                on_started_leading=manager.run, on_stopped_leading=lost.set,
+                on_started_leading=manager.run,
+                on_stopped_leading=lambda: log.info("stopped leading"),
                 on_new_leader=lambda holder: log.info("new leader elected: %s", holder),
                 lease_duration=options.leader_elect_lease_duration,
                 renew_deadline=options.leader_elect_renew_deadline,
