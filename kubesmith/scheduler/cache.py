@@ -15,8 +15,13 @@ import logging
 from collections import Counter
 from typing import Any, Iterator, Mapping
 
-from kubesmith.scheduler.resources import Resources, node_allocatable, pod_non_zero_requests, \
-    pod_requests
+from kubesmith.api.validation import selector_matches
+from kubesmith.scheduler.resources import (
+    Resources,
+    node_allocatable,
+    pod_non_zero_requests,
+    pod_requests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,33 +64,6 @@ class AffinityTerm:
         if not (self.all_namespaces or pod.namespace in self.namespaces):
             return False
         return selector_matches(self.selector, pod.labels)
-
-
-def selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
-    """metav1.LabelSelector semantics: None selects nothing, {} selects everything."""
-    if not isinstance(selector, dict):
-        return False
-    for key, value in (selector.get("matchLabels") or {}).items():
-        if labels.get(key) != value:
-            return False
-    for expr in selector.get("matchExpressions") or ():
-        key, operator = expr.get("key"), expr.get("operator")
-        values = expr.get("values") or ()
-        if operator == "In":
-            if labels.get(key) not in values:
-                return False
-        elif operator == "NotIn":
-            if key in labels and labels[key] in values:
-                return False
-        elif operator == "Exists":
-            if key not in labels:
-                return False
-        elif operator == "DoesNotExist":
-            if key in labels:
-                return False
-        else:
-            return False
-    return True
 
 
 def _terms(section: Mapping[str, Any] | None, namespace: str) -> tuple[list[AffinityTerm],

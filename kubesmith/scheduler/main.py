@@ -58,7 +58,6 @@ class Options:
     leader_elect_retry_period: float = 2.0
     leader_elect_resource_namespace: str = "kube-system"
     leader_elect_resource_name: str = "kube-scheduler"
-    percentage_of_nodes_to_score: int = 0
     # Upstream's default is 50/100; binds, events and status writes of 200+ pods a
     # second need more.
     kube_api_qps: float = 500.0
@@ -109,7 +108,6 @@ def _parser() -> argparse.ArgumentParser:
     flag("--leader-elect-retry-period", parse_duration, "default 2s")
     flag("--leader-elect-resource-namespace", help_="default kube-system")
     flag("--leader-elect-resource-name", help_="default kube-scheduler")
-    flag("--percentage-of-nodes-to-score", int, "0 (default): adaptive, as upstream")
     flag("--kube-api-qps", float, "requests per second to the API server (default 500)")
     flag("--kube-api-burst", int, "burst of requests to the API server (default 1000)")
     parser.add_argument("-v", "--v", type=int, dest="v", default=argparse.SUPPRESS,
@@ -201,8 +199,7 @@ async def run(options: Options) -> int:
     hostname = socket.gethostname()
     informers = InformerFactory(client)
     recorder = ShardedRecorder(client, COMPONENT)
-    scheduler = Scheduler(client, informers, recorder,
-                          percentage_of_nodes_to_score=options.percentage_of_nodes_to_score)
+    scheduler = Scheduler(client, informers, recorder)
     lost = asyncio.Event()
 
     async def lead() -> None:

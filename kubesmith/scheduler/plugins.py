@@ -12,13 +12,8 @@ import math
 from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from kubesmith.scheduler.cache import (
-    HOSTNAME_LABEL,
-    ZONE_LABEL,
-    NodeInfo,
-    PodInfo,
-    selector_matches,
-)
+from kubesmith.api.validation import selector_matches
+from kubesmith.scheduler.cache import HOSTNAME_LABEL, ZONE_LABEL, NodeInfo, PodInfo
 
 Obj = dict[str, Any]
 MAX_SCORE = 100

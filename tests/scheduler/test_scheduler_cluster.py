@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from datetime import datetime, timezone
 
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.rest import ApiClient
@@ -143,16 +144,29 @@ def test_scheduling_against_the_api_server(cluster):
 # --- two processes, one leader ----------------------------------------------------------
 
 def start_scheduler(cluster, log_path, port: int) -> subprocess.Popen:
+    """A kube-scheduler process with kubeadm's flags and its own identity
+    (system:kube-scheduler, so RBAC's bootstrap role is what lets it work)."""
+    kubeconfig = cluster.state / "kubeconfigs" / "scheduler.conf"
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "kubesmith.scheduler.main",
-             f"--kubeconfig={cluster.kubeconfig}",
-             f"--authentication-kubeconfig={cluster.kubeconfig}",
-             f"--authorization-kubeconfig={cluster.kubeconfig}",
+             f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+             f"--authorization-kubeconfig={kubeconfig}",
              "--bind-address=127.0.0.1", f"--secure-port={port}", "--leader-elect=true",
              "--leader-elect-lease-duration=4s", "--leader-elect-renew-deadline=3s",
              "--leader-elect-retry-period=500ms", "--v=2"],
             stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM (the lease is released for the next test), SIGKILL if that is not enough."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 def lease_holder(cluster) -> str:
@@ -231,10 +245,36 @@ def test_two_schedulers_one_leader_and_takeover(cluster, tmp_path):
         assert "scheduling pods" in logs[standby].read_text()
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait(timeout=10)
+            stop(process)
         delete_node(cluster, node)
+
+
+def test_losing_the_lease_ends_the_process(cluster, tmp_path):
+    log_path = tmp_path / "scheduler.log"
+    process = start_scheduler(cluster, log_path, 0)
+    path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/kube-scheduler"
+    try:
+        holder = wait_for(lambda: "acquired lease" in log_path.read_text()
+                          and lease_holder(cluster), 30, "leading")
+
+        def take_lease() -> bool:
+            lease = cluster.request("GET", path).json()
+            if lease["spec"].get("holderIdentity") != holder:
+                return False
+            lease["spec"].update(holderIdentity="intruder", leaseDurationSeconds=60,
+                                 renewTime=datetime.now(timezone.utc).strftime(
+                                     "%Y-%m-%dT%H:%M:%S.%fZ"))
+            return cluster.request("PUT", path, lease).status == 200
+        wait_for(take_lease, 10, "the lease taken")
+        # It cannot renew for --leader-elect-renew-deadline (3s): it stops, status 1.
+        assert process.wait(timeout=20) == 1
+        assert "leaderelection lost" in log_path.read_text()
+    finally:
+        stop(process)
+        # Free the lease for whoever comes next.
+        lease = cluster.request("GET", path).json()
+        lease["spec"].update(holderIdentity="", leaseDurationSeconds=1)
+        cluster.request("PUT", path, lease)
 
 
 def test_unknown_flag_exits_2():
