@@ -770,3 +770,81 @@ def test_statefulset_ordered_creation_scale_down_and_rolling_update(cluster):
             pods = await eventually(lambda: _count(client, namespace, "app=db", 1))
             assert meta(pods[0])["name"] == "db-0"
     run(main())
+
+
+# --- CronJob --------------------------------------------------------------------------
+
+def test_cronjob_creates_jobs_when_due(cluster):
+    from kubesmith.controllers.cronjob import CronJobController
+    namespace = cluster.new_namespace("cron-", default_service_account=True)
+    now = [time.time()]
+
+    async def main():
+        async with running(cluster, namespace, CronJobController,
+                           clock=lambda: now[0]) as env:
+            client = env.client
+            [controller] = env.controllers
+            template = pod_template({}, restartPolicy="Never")
+            template["metadata"] = {}
+            await client.create("batch/v1 cronjobs", {
+                "apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "tick"},
+                "spec": {"schedule": "*/5 * * * *", "concurrencyPolicy": "Forbid",
+                         "successfulJobsHistoryLimit": 1,
+                         "jobTemplate": {"metadata": {"labels": {"from": "tick"}},
+                                         "spec": {"template": template}}}}, namespace)
+            await asyncio.sleep(0.5)
+            assert not (await client.list("batch/v1 jobs", namespace))["items"]
+
+            async def jobs(n: int):
+                items = (await client.list("batch/v1 jobs", namespace))["items"]
+                return items if len(items) == n else None
+
+            # Five minutes later the CronJob is due (a schedule time has passed).
+            now[0] += 300
+            controller.queue.add(f"{namespace}/tick")
+            [job] = await eventually(lambda: jobs(1))
+            first_due = (int(now[0]) // 300) * 300
+            assert job["metadata"]["name"] == f"tick-{first_due // 60}"
+            assert job["metadata"]["labels"]["from"] == "tick"
+            assert job["metadata"]["ownerReferences"][0]["kind"] == "CronJob"
+            assert job["metadata"]["annotations"][
+                "batch.kubernetes.io/cronjob-scheduled-timestamp"]
+            status = await eventually(lambda: _active(client, namespace, 1))
+            assert status["lastScheduleTime"]
+
+            # Forbid: the next time passes while the first Job is active: no new Job.
+            now[0] += 300
+            controller.queue.add(f"{namespace}/tick")
+            await asyncio.sleep(0.8)
+            assert len((await client.list("batch/v1 jobs", namespace))["items"]) == 1
+
+            # The Job completes: active empties, lastSuccessfulTime is set, and the time
+            # Forbid held back is run now (still within any starting deadline).
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            await client.patch("batch/v1 jobs", job["metadata"]["name"], {"status": {
+                "conditions": [{"type": "SuccessCriteriaMet", "status": "True"},
+                               {"type": "Complete", "status": "True"}],
+                "startTime": stamp, "completionTime": stamp, "succeeded": 1}}, namespace,
+                subresource="status")
+            [second] = await eventually(lambda: _jobs_named_not(client, namespace,
+                                                                job["metadata"]["name"]))
+            assert second["metadata"]["name"] == f"tick-{(first_due + 300) // 60}"
+
+            async def second_active():
+                status = await _active(client, namespace, 1)
+                return status if status and status["active"][0]["name"] == \
+                    second["metadata"]["name"] else None
+            status = await eventually(second_active)
+            assert status["lastSuccessfulTime"] == stamp
+    run(main())
+
+
+async def _active(client: ApiClient, namespace: str, n: int) -> Obj | None:
+    status = await get_status(client, "batch/v1 cronjobs", "tick", namespace)
+    return status if len(status.get("active") or []) == n else None
+
+
+async def _jobs_named_not(client: ApiClient, namespace: str, name: str) -> list[Obj] | None:
+    items = (await client.list("batch/v1 jobs", namespace))["items"]
+    others = [j for j in items if j["metadata"]["name"] != name]
+    return others if len(others) == 1 else None
