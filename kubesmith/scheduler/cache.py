@@ -11,9 +11,8 @@ cache is its own consistent snapshot during a cycle: no copies are made.
 """
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from kubesmith.api.validation import selector_matches
 from kubesmith.scheduler.resources import (
@@ -22,8 +21,6 @@ from kubesmith.scheduler.resources import (
     pod_non_zero_requests,
     pod_requests,
 )
-
-log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
@@ -41,11 +38,15 @@ def is_terminal(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
+NamespaceLabels = Callable[[str], Mapping[str, str]]
+
+
 class AffinityTerm:
     """A PodAffinityTerm made ready to match: which namespaces, which labels, over which
     topology key; `weight` for preferred terms."""
 
-    __slots__ = ("namespaces", "all_namespaces", "selector", "topology_key", "weight")
+    __slots__ = ("namespaces", "all_namespaces", "namespace_selector", "selector",
+                 "topology_key", "weight")
 
     def __init__(self, term: Mapping[str, Any], namespace: str, weight: int = 0):
         namespaces = term.get("namespaces") or []
@@ -54,14 +55,21 @@ class AffinityTerm:
         # term is about the pod's own namespace.
         self.all_namespaces = isinstance(ns_selector, dict) and not ns_selector.get(
             "matchLabels") and not ns_selector.get("matchExpressions")
+        self.namespace_selector = ns_selector if isinstance(ns_selector, dict) \
+            and not self.all_namespaces else None
         self.namespaces = frozenset(namespaces) if (namespaces or ns_selector is not None) \
             else frozenset((namespace,))
         self.selector = term.get("labelSelector")
         self.topology_key = term.get("topologyKey") or ""
         self.weight = weight
 
-    def matches(self, pod: "PodInfo") -> bool:
-        if not (self.all_namespaces or pod.namespace in self.namespaces):
+    def matches(self, pod: "PodInfo", namespace_labels: NamespaceLabels | None = None) -> bool:
+        """Whether `pod` is one the term is about; `namespace_labels(name)` gives a
+        namespace's labels for a namespaceSelector."""
+        if not (self.all_namespaces or pod.namespace in self.namespaces or (
+                self.namespace_selector is not None and namespace_labels is not None
+                and selector_matches(self.namespace_selector,
+                                     namespace_labels(pod.namespace)))):
             return False
         return selector_matches(self.selector, pod.labels)
 

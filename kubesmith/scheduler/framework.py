@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from kubesmith.scheduler.cache import NodeInfo, PodInfo, SchedulerCache
+from kubesmith.scheduler.cache import NamespaceLabels, NodeInfo, PodInfo, SchedulerCache
 from kubesmith.scheduler.plugins import SCORES, CycleState, run_filters
 
 MIN_FEASIBLE_NODES = 100            # upstream's minFeasibleNodesToFind
@@ -67,8 +67,10 @@ class Framework:
     """Schedules one pod at a time against a SchedulerCache."""
 
     def __init__(self, cache: SchedulerCache, percentage_of_nodes_to_score: int = 0,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None,
+                 namespace_labels: NamespaceLabels | None = None):
         self.cache = cache
+        self.namespace_labels = namespace_labels
         self.percentage = percentage_of_nodes_to_score
         self.rng = rng or random.Random()
         self._next_start = 0
@@ -78,7 +80,7 @@ class Framework:
         nodes = self.cache.node_infos()
         if not nodes:
             raise NoNodesAvailable()
-        state = CycleState(pod, nodes)
+        state = CycleState(pod, nodes, self.namespace_labels)
         feasible = self._find_feasible(state, nodes)
         if isinstance(feasible, dict):
             raise FitError(pod, len(nodes), feasible)

@@ -13,7 +13,13 @@ from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from kubesmith.api.validation import selector_matches
-from kubesmith.scheduler.cache import HOSTNAME_LABEL, ZONE_LABEL, NodeInfo, PodInfo
+from kubesmith.scheduler.cache import (
+    HOSTNAME_LABEL,
+    ZONE_LABEL,
+    NamespaceLabels,
+    NodeInfo,
+    PodInfo,
+)
 
 Obj = dict[str, Any]
 MAX_SCORE = 100
@@ -61,7 +67,8 @@ def untolerated_taint(taints: Iterable[Mapping[str, Any]], tolerations: Sequence
     return None
 
 
-def _requirement_matches(expr: Mapping[str, Any], value_of: Callable[[str], str | None]) -> bool:
+def _requirement_matches(expr: Mapping[str, Any],
+                         value_of: Callable[[str], str | None]) -> bool:
     key, operator = expr.get("key", ""), expr.get("operator")
     values = expr.get("values") or ()
     value = value_of(key)
@@ -137,9 +144,11 @@ class SpreadConstraint:
 class CycleState:
     """What one pod's scheduling cycle computes once for all nodes."""
 
-    def __init__(self, pod: PodInfo, nodes: list[NodeInfo]):
+    def __init__(self, pod: PodInfo, nodes: list[NodeInfo],
+                 namespace_labels: NamespaceLabels | None = None):
         self.pod = pod
         self.nodes = nodes
+        self.namespace_labels = namespace_labels
         # InterPodAffinity filter
         self.existing_anti: Counter = Counter()
         self.affinity_counts: Counter = Counter()
@@ -152,7 +161,7 @@ class CycleState:
         self.filters = filters_for(self)
 
     def _prefilter(self) -> None:
-        pod = self.pod
+        pod, labels_of = self.pod, self.namespace_labels
         for node in self.nodes:
             if node.with_affinity:
                 self.affinity_pods_exist = True
@@ -160,25 +169,25 @@ class CycleState:
                 labels = node.labels
                 for existing in node.with_required_anti_affinity.values():
                     for term in existing.anti_affinity:
-                        if term.topology_key in labels and term.matches(pod):
+                        if term.topology_key in labels and term.matches(pod, labels_of):
                             self.existing_anti[(term.topology_key,
                                                 labels[term.topology_key])] += 1
         if pod.affinity or pod.anti_affinity:
             for node in self.nodes:
                 labels = node.labels
                 for existing in node.pods.values():
-                    if pod.affinity and all(t.matches(existing) for t in pod.affinity):
+                    if pod.affinity and all(t.matches(existing, labels_of) for t in pod.affinity):
                         for term in pod.affinity:
                             if term.topology_key in labels:
                                 self.affinity_counts[(term.topology_key,
                                                       labels[term.topology_key])] += 1
                     for term in pod.anti_affinity:
-                        if term.topology_key in labels and term.matches(existing):
+                        if term.topology_key in labels and term.matches(existing, labels_of):
                             self.anti_counts[(term.topology_key,
                                               labels[term.topology_key])] += 1
         self.check_affinity = bool(self.existing_anti or pod.affinity or pod.anti_affinity)
         self.affinity_self_match = bool(pod.affinity) and all(
-            t.matches(pod) for t in pod.affinity)
+            t.matches(pod, labels_of) for t in pod.affinity)
         hard = [SpreadConstraint(c, pod) for c in pod.spread_constraints
                 if (c.get("whenUnsatisfiable") or "DoNotSchedule") == "DoNotSchedule"]
         if hard:
@@ -412,7 +421,7 @@ def score_taint_toleration(state: CycleState, nodes: list[NodeInfo]) -> list[int
 def score_inter_pod_affinity(state: CycleState, nodes: list[NodeInfo]) -> list[int] | None:
     """Preferred pod (anti-)affinity of the pod towards existing pods, and of existing
     pods (their required affinity counting HARD_POD_AFFINITY_WEIGHT) towards it."""
-    pod = state.pod
+    pod, labels_of = state.pod, state.namespace_labels
     preferred = pod.preferred_affinity or pod.preferred_anti_affinity
     if not preferred and not state.affinity_pods_exist:
         return None
@@ -424,22 +433,22 @@ def score_inter_pod_affinity(state: CycleState, nodes: list[NodeInfo]) -> list[i
         existing_pods = node.pods.values() if preferred else node.with_affinity.values()
         for existing in existing_pods:
             for term in pod.preferred_affinity:
-                if term.topology_key in labels and term.matches(existing):
+                if term.topology_key in labels and term.matches(existing, labels_of):
                     topology[(term.topology_key, labels[term.topology_key])] += term.weight
             for term in pod.preferred_anti_affinity:
-                if term.topology_key in labels and term.matches(existing):
+                if term.topology_key in labels and term.matches(existing, labels_of):
                     topology[(term.topology_key, labels[term.topology_key])] -= term.weight
             if not existing.has_affinity:
                 continue
             for term in existing.affinity:
-                if term.topology_key in labels and term.matches(pod):
+                if term.topology_key in labels and term.matches(pod, labels_of):
                     topology[(term.topology_key, labels[term.topology_key])] += \
                         HARD_POD_AFFINITY_WEIGHT
             for term in existing.preferred_affinity:
-                if term.topology_key in labels and term.matches(pod):
+                if term.topology_key in labels and term.matches(pod, labels_of):
                     topology[(term.topology_key, labels[term.topology_key])] += term.weight
             for term in existing.preferred_anti_affinity:
-                if term.topology_key in labels and term.matches(pod):
+                if term.topology_key in labels and term.matches(pod, labels_of):
                     topology[(term.topology_key, labels[term.topology_key])] -= term.weight
     if not any(topology.values()):
         return None

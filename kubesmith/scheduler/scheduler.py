@@ -88,10 +88,13 @@ class Scheduler:
         self.scheduler_name = scheduler_name
         self.cache = SchedulerCache()
         self.queue = queue or SchedulingQueue()
-        self.framework = Framework(self.cache, percentage_of_nodes_to_score, rng)
         self.max_binds_in_flight = max_binds_in_flight
         self.pods = informers.informer("v1 pods")
         self.nodes = informers.informer("v1 nodes")
+        # Namespaces' labels, for pod affinity terms with a namespaceSelector.
+        self.namespaces = informers.informer("v1 namespaces")
+        self.framework = Framework(self.cache, percentage_of_nodes_to_score, rng,
+                                   self.namespace_labels)
         self.pods.add_event_handler(self._pod_added, self._pod_updated, self._pod_deleted)
         self.nodes.add_event_handler(self._node_added, self._node_updated, self._node_deleted)
         self._background: set[asyncio.Task] = set()
@@ -100,6 +103,10 @@ class Scheduler:
         self.unschedulable = 0
         self.bind_errors = 0
         self.started_at = 0.0
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        namespace = self.namespaces.lister.get(name) or {}
+        return (namespace.get("metadata") or {}).get("labels") or {}
 
     # --- informer handlers ------------------------------------------------------------
 

@@ -366,3 +366,27 @@ def test_cache_node_removed_before_its_pods():
     assert len(cache) == 0 and "n1" in cache.nodes
     cache.remove_pod("default/a")
     assert "n1" not in cache.nodes
+
+
+def test_anti_affinity_namespaces_and_namespace_selector():
+    existing = make_pod("w0", namespace="team-a", labels={"app": "web"}, node="a")
+    labels = {"team-a": {"tier": "prod"}, "team-b": {"tier": "dev"}}
+    cache = SchedulerCache()
+    cache.add_node(make_node("a"))
+    cache.add_pod(existing)
+    framework = Framework(cache, namespace_labels=lambda name: labels.get(name, {}))
+
+    def pod_with(term_extra):
+        term = {"labelSelector": {"matchLabels": {"app": "web"}},
+                "topologyKey": "kubernetes.io/hostname", **term_extra}
+        return make_pod("p", namespace="team-b", labels={"app": "web"}, affinity={
+            "podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}})
+
+    # Own namespace only (neither field): the web pod of team-a does not count.
+    assert framework.schedule(PodInfo(pod_with({}))) == "a"
+    assert framework.schedule(PodInfo(pod_with(
+        {"namespaceSelector": {"matchLabels": {"tier": "qa"}}}))) == "a"
+    for extra in ({"namespaces": ["team-a"]}, {"namespaceSelector": {}},
+                  {"namespaceSelector": {"matchLabels": {"tier": "prod"}}}):
+        assert reasons(framework, pod_with(extra)) == {
+            "a": ("node(s) didn't match pod anti-affinity rules",)}
