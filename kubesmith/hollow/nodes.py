@@ -42,10 +42,10 @@ from kubesmith.client.leaderelection import micro_time
 from kubesmith.client.rest import (ApiClient, ApiError, is_already_exists, is_conflict,
                                    is_not_found)
 from kubesmith.client.workqueue import WorkQueue, run_workers
-from kubesmith.hollow.objects import (NodeSpec, PodIPs, completion_after, lease_manifest,
-                                      node_conditions, node_labels, node_manifest,
-                                      node_status, rfc3339, running_pod_status,
-                                      terminated_pod_status)
+from kubesmith.hollow.objects import (NodeSpec, PodIPs, address_slot, completion_after,
+                                      lease_manifest, node_conditions, node_labels,
+                                      node_manifest, node_status, rfc3339,
+                                      running_pod_status, terminated_pod_status)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ STOPPED_EXIT_CODE = 143
 class HollowConfig:
     count: int
     name_prefix: str = "hollow-node-"
-    start_index: int = 0        # nodes are <prefix><start_index> ...; addresses follow
+    start_index: int = 0        # nodes are <prefix><start_index> ...
     cpu: str = "4"
     memory: str = "16Gi"
     pods: str = "110"
@@ -73,7 +73,8 @@ class HollowConfig:
     register_concurrency: int = 32
 
     def specs(self) -> list[NodeSpec]:
-        return [NodeSpec(f"{self.name_prefix}{i}", i, self.cpu, self.memory, self.pods)
+        return [NodeSpec(f"{self.name_prefix}{i}", address_slot(self.name_prefix, i),
+                         self.cpu, self.memory, self.pods)
                 for i in range(self.start_index, self.start_index + self.count)]
 
 
@@ -156,6 +157,10 @@ class HollowNodes:
 
     def uid(self, name: str) -> str:
         return self._nodes[name].uid
+
+    def spec(self, name: str) -> NodeSpec:
+        """A node's size and addresses (its InternalIP, its fallback pod range)."""
+        return self._nodes[name].spec
 
     async def start(self, timeout: float = 120.0) -> None:
         """Register every node with its first lease, sync the informers, start the pod

@@ -1,7 +1,7 @@
 """What a hollow node writes: its Node, its Lease and its pods' status, shaped as a
 kubelet writes them (pure functions of their inputs, no I/O).
 
-    spec = NodeSpec(name="hollow-node-0", index=0, cpu="4", memory="16Gi", pods="110")
+    spec = NodeSpec(name="hollow-node-0", slot=address_slot("hollow-node-", 0), cpu="4")
     node = node_manifest(spec, labels={...})
     lease = lease_manifest(spec.name, node_uid, renew_time, 40)
     status = running_pod_status(pod, pod_ip, host_ip, started)
@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import platform
 import re
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -25,11 +26,12 @@ HOLLOW_VALUE = "hollow"
 SUCCEED_AFTER = "hollow.kubesmith.io/succeed-after"
 FAIL_AFTER = "hollow.kubesmith.io/fail-after"
 
-# Node addresses: the index-th host of this range (172.20.0.1, ...); pods get the
-# index-th /24 of the fallback range until the node-ipam controller sets spec.podCIDR.
+# Each node has an address slot: its address is the slot-th host of this range, and its
+# pods get the slot-th /24 of the fallback range until node-ipam sets spec.podCIDR.
 NODE_ADDRESS_RANGE = ipaddress.ip_network("172.20.0.0/14")
 FALLBACK_POD_RANGE = ipaddress.ip_network("100.64.0.0/10")
 FALLBACK_POD_PREFIX = 24
+ADDRESS_SLOTS = 2 ** (FALLBACK_POD_PREFIX - FALLBACK_POD_RANGE.prefixlen)    # 16384
 KUBELET_PORT = 10250
 KUBE_VERSION = "v1.33.0"
 RUNTIME_VERSION = "containerd://1.6.20"
@@ -88,6 +90,14 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+def address_slot(prefix: str, index: int) -> int:
+    """The address slot of node <prefix><index>: consecutive within a prefix, and from
+    an offset of the prefix's own, so processes with other prefixes (and the same
+    indexes) are unlikely to share addresses."""
+    offset = 0 if prefix == "hollow-node-" else zlib.crc32(prefix.encode()) % ADDRESS_SLOTS
+    return (offset + index) % ADDRESS_SLOTS
+
+
 def _digest(*parts: str, size: int = 64) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:size]
 
@@ -101,9 +111,9 @@ def _uuid_text(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One simulated node: its name, its place in the address ranges and its size."""
+    """One simulated node: its name, its address slot (see address_slot) and its size."""
     name: str
-    index: int
+    slot: int
     cpu: str = "4"
     memory: str = "16Gi"
     pods: str = "110"
@@ -111,12 +121,12 @@ class NodeSpec:
 
     @property
     def address(self) -> str:
-        return str(NODE_ADDRESS_RANGE.network_address + 1 + self.index)
+        return str(NODE_ADDRESS_RANGE.network_address + 1 + self.slot)
 
     @property
     def fallback_pod_cidr(self) -> str:
-        subnets = 2 ** (FALLBACK_POD_PREFIX - FALLBACK_POD_RANGE.prefixlen)
-        base = int(FALLBACK_POD_RANGE.network_address) + (self.index % subnets) * 256
+        size = 2 ** (32 - FALLBACK_POD_PREFIX)
+        base = int(FALLBACK_POD_RANGE.network_address) + (self.slot % ADDRESS_SLOTS) * size
         return f"{ipaddress.ip_address(base)}/{FALLBACK_POD_PREFIX}"
 
     def resources(self) -> Obj:

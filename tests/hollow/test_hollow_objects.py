@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kubesmith.hollow.objects import (FAIL_AFTER, SUCCEED_AFTER, NodeSpec, PodIPs,
-                                      completion_after, lease_manifest, node_conditions,
+                                      address_slot, completion_after, lease_manifest, node_conditions,
                                       node_manifest, parse_duration, parse_labels,
                                       running_pod_status, terminated_pod_status)
 
@@ -48,6 +48,15 @@ def test_node_manifest_is_a_registered_kubelet_node():
     assert status["nodeInfo"]["kubeletVersion"].startswith("v1.")
     assert status["nodeInfo"]["operatingSystem"] == "linux"
     assert spec.fallback_pod_cidr == "100.64.7.0/24"
+
+
+def test_address_slots_are_consecutive_per_prefix():
+    assert [address_slot("hollow-node-", i) for i in range(3)] == [0, 1, 2]
+    other = [address_slot("pool-b-", i) for i in range(3)]
+    assert other[1] == other[0] + 1 and other[2] == other[0] + 2
+    assert other[0] != 0
+    last = NodeSpec("n", 16383)
+    assert last.fallback_pod_cidr == "100.127.255.0/24" and last.address == "172.20.64.0"
 
 
 def test_conditions_keep_their_transition_time():
