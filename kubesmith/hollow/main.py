@@ -14,7 +14,7 @@ import sys
 from kubesmith.apiserver.main import setup_logging
 from kubesmith.client.rest import ApiClient
 from kubesmith.hollow.nodes import HollowConfig, HollowNodes
-from kubesmith.hollow.objects import parse_duration, parse_labels
+from kubesmith.hollow.objects import parse_duration, parse_labels, parse_taints
 
 log = logging.getLogger("kubesmith.hollow")
 
@@ -36,6 +36,13 @@ def _labels(text: str) -> dict[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _taints(text: str) -> list[dict]:
+    try:
+        return parse_taints(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kubesmith-hollow", description=__doc__.split("\n")[0])
     parser.add_argument("--kubeconfig", required=True, help="kubeconfig of the API server")
@@ -49,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pods", default="110", help="pod capacity (110)")
     parser.add_argument("--labels", type=_labels, default={},
                         help="more node labels, k=v,k2=v2")
+    parser.add_argument("--register-with-taints", type=_taints, default=[],
+                        help="taints the nodes register with, key=value:Effect,...")
     parser.add_argument("--heartbeat", type=_duration, default=10.0,
                         help="lease renewal period (10s)")
     parser.add_argument("--node-status-report-frequency", type=_duration, default=60.0,
@@ -68,7 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> None:
     config = HollowConfig(count=args.nodes, name_prefix=args.name_prefix,
                           start_index=args.start_index, cpu=args.cpu, memory=args.memory,
-                          pods=args.pods, labels=args.labels, heartbeat=args.heartbeat,
+                          pods=args.pods, labels=args.labels,
+                          taints=args.register_with_taints, heartbeat=args.heartbeat,
                           status_interval=args.node_status_report_frequency,
                           workers=args.workers)
     stop = asyncio.Event()

@@ -66,6 +66,7 @@ class HollowConfig:
     memory: str = "16Gi"
     pods: str = "110"
     labels: dict[str, str] = field(default_factory=dict)
+    taints: list[dict] = field(default_factory=list)    # set at registration only
     heartbeat: float = 10.0     # lease renewal period (kubelet: leaseDuration / 4)
     status_interval: float = 60.0
     lease_duration: int = 40
@@ -241,7 +242,7 @@ class HollowNodes:
     async def _register(self, node: _Node) -> None:
         spec = node.spec
         try:
-            manifest = node_manifest(spec, self.config.labels)
+            manifest = node_manifest(spec, self.config.labels, taints=self.config.taints)
             created = await self.client.create("v1 nodes", manifest)
             node.uid = _meta(created).get("uid", "")
             if not (created.get("status") or {}).get("nodeInfo"):

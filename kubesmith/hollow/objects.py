@@ -98,6 +98,25 @@ def address_slot(prefix: str, index: int) -> int:
     return (offset + index) % ADDRESS_SLOTS
 
 
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def parse_taints(text: str) -> list[Obj]:
+    """kubelet's --register-with-taints: "key=value:Effect,key:Effect"."""
+    taints = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        head, sep, effect = part.rpartition(":")
+        key, _, value = head.partition("=")
+        if not sep or not key or effect not in _EFFECTS:
+            raise ValueError(f"invalid taint {part!r}: want key[=value]:"
+                             f"{'|'.join(_EFFECTS)}")
+        taint = {"key": key, "effect": effect}
+        if value:
+            taint["value"] = value
+        taints.append(taint)
+    return taints
+
+
 def _digest(*parts: str, size: int = 64) -> str:
     return hashlib.sha256("/".join(parts).encode()).hexdigest()[:size]
 
@@ -202,9 +221,9 @@ def node_status(spec: NodeSpec, now: str) -> Obj:
 
 
 def node_manifest(spec: NodeSpec, labels: dict[str, str] | None = None,
-                  now: str | None = None) -> Obj:
+                  now: str | None = None, taints: list[Obj] | None = None) -> Obj:
     """The Node a kubelet registers (status included, as the kubelet posts it)."""
-    return {
+    node = {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {
             "name": spec.name,
@@ -215,6 +234,9 @@ def node_manifest(spec: NodeSpec, labels: dict[str, str] | None = None,
         "spec": {},
         "status": node_status(spec, now or rfc3339()),
     }
+    if taints:
+        node["spec"]["taints"] = [dict(t) for t in taints]
+    return node
 
 
 def lease_manifest(node_name: str, node_uid: str, renew_time: str,

@@ -269,7 +269,8 @@ def test_command_registers_nodes_and_stops_on_sigterm(cluster, tmp_path):
         process = subprocess.Popen(
             [sys.executable, "-m", "kubesmith.hollow.main", "--kubeconfig",
              str(cluster.kubeconfig), "--nodes", "2", "--name-prefix", name_prefix,
-             "--heartbeat", "1s", "--labels", "pool=bench"],
+             "--heartbeat", "1s", "--labels", "pool=bench",
+             "--register-with-taints", "dedicated=bench:NoSchedule"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=out, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -283,6 +284,8 @@ def test_command_registers_nodes_and_stops_on_sigterm(cluster, tmp_path):
             time.sleep(0.2)
         node = cluster.request("GET", f"/api/v1/nodes/{name_prefix}0").json()
         assert node["metadata"]["labels"]["pool"] == "bench"
+        assert node["spec"]["taints"] == [{"key": "dedicated", "value": "bench",
+                                           "effect": "NoSchedule"}]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0, log.read_text()
     finally:

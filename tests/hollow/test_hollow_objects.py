@@ -7,6 +7,7 @@ import pytest
 from kubesmith.hollow.objects import (FAIL_AFTER, SUCCEED_AFTER, NodeSpec, PodIPs,
                                       address_slot, completion_after, lease_manifest, node_conditions,
                                       node_manifest, parse_duration, parse_labels,
+                                      parse_taints,
                                       running_pod_status, terminated_pod_status)
 
 
@@ -26,6 +27,17 @@ def test_parse_labels():
     assert parse_labels("") == {}
     with pytest.raises(ValueError):
         parse_labels("novalue")
+
+
+def test_parse_taints():
+    assert parse_taints("node-role.kubernetes.io/control-plane:NoSchedule,a=b:NoExecute") == [
+        {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"},
+        {"key": "a", "value": "b", "effect": "NoExecute"}]
+    for bad in ("a=b", "a:Never", ":NoSchedule"):
+        with pytest.raises(ValueError):
+            parse_taints(bad)
+    node = node_manifest(NodeSpec("n", 0), taints=parse_taints("a:NoSchedule"))
+    assert node["spec"]["taints"] == [{"key": "a", "effect": "NoSchedule"}]
 
 
 def test_node_manifest_is_a_registered_kubelet_node():
