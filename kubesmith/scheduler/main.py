@@ -257,10 +257,7 @@ async def run(options: Options) -> int:
             log.error("leaderelection lost" if lost.is_set() else
                       f"scheduler ended: {error!r}")
             status = 1
-        try:
-            await asyncio.wait_for(scheduler.drain(), 5.0)
-        except asyncio.TimeoutError:
-            pass
+        await scheduler.drain()
     finally:
         await informers.shutdown()
         if runner is not None:

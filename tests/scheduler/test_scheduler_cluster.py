@@ -187,13 +187,13 @@ def wait_for(check, timeout: float, what: str):
     raise AssertionError(f"{what}: not after {timeout}s")
 
 
-def healthz(port: int) -> str:
-    """The answer of /healthz ("" while nothing listens yet)."""
+def healthz(port: int, path: str = "/healthz") -> str:
+    """The answer of `path` on the scheduler's port ("" while nothing listens yet)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE     # a self-signed serving certificate
     try:
-        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5,
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", timeout=5,
                                     context=context) as answer:
             return answer.read().decode()
     except OSError:
@@ -223,6 +223,11 @@ def test_two_schedulers_one_leader_and_takeover(cluster, tmp_path):
         standby = 1 - leader
         assert wait_for(lambda: healthz(ports[standby]) == "ok", 10, "healthz")
         assert healthz(ports[leader]) == "ok"
+        assert healthz(ports[leader], "/readyz") == "ok"
+        assert 'leader_election_master_status{name="kube-scheduler"} 1' in healthz(
+            ports[leader], "/metrics")
+        assert 'leader_election_master_status{name="kube-scheduler"} 0' in healthz(
+            ports[standby], "/metrics")
 
         body = bare_pod("first")
         assert cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods",
