@@ -103,6 +103,7 @@ class NodeIpamController:
                      for net in getattr(options, "cluster_cidr", None) or []]
         self.service_ranges = list(getattr(options, "service_cluster_ip_range", None) or [])
         self.nodes = ctx.informers.informer("v1 nodes")
+        self.recorder = ctx.recorder("cidrAllocator")
         self.queue = WorkQueue(name="node_ipam")
         # name -> subnets this controller counts as the node's.
         self.allocated: dict[str, list[Network]] = {}
@@ -166,12 +167,19 @@ class NodeIpamController:
             return
         subnets = [str(s) for s in self.allocated.get(name) or []]
         if not subnets:
+            taken: list[tuple[CIDRSet, Network]] = []
             try:
-                subnets = [str(cidr_set.allocate()) for cidr_set in self.sets]
+                for cidr_set in self.sets:
+                    taken.append((cidr_set, cidr_set.allocate()))
             except CIDRSetFull as exc:
+                for cidr_set, subnet in taken:     # all families or none
+                    cidr_set.release(subnet)
                 log.error("node %s: %s", name, exc)
+                self.recorder.emit(node, "Normal", "CIDRNotAvailable",
+                                   f"Node {name} status is now: CIDRNotAvailable")
                 return
-            self.allocated[name] = [ipaddress.ip_network(s) for s in subnets]
+            subnets = [str(subnet) for _, subnet in taken]
+            self.allocated[name] = [subnet for _, subnet in taken]
         try:
             await self.client.patch("v1 nodes", name, {"spec": {
                 "podCIDR": subnets[0], "podCIDRs": subnets}}, patch_type="merge")

@@ -239,6 +239,9 @@ class NodeLifecycleController:
         names = {node["metadata"]["name"] for node in current}
         for gone in set(self.health) - names:
             del self.health[gone]
+            self.recorder.emit({"kind": "Node", "apiVersion": "v1",
+                                "metadata": {"name": gone}}, "Normal", "RemovingNode",
+                               f"Node {gone} event: Removing Node {gone} from Controller")
         no_execute = self.update_zones(current)
         for node in current:
             name = node["metadata"]["name"]
@@ -259,6 +262,8 @@ class NodeLifecycleController:
         health = self.health.get(name)
         if health is None:
             health = self.health[name] = NodeHealth(now, heartbeat, renew)
+            self.recorder.emit(node, "Normal", "RegisteredNode",
+                               f"Node {name} event: Registered Node {name} in Controller")
         elif heartbeat != health.heartbeat or renew != health.renew:
             health.probe, health.heartbeat, health.renew = now, heartbeat, renew
         return health

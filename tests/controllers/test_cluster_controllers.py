@@ -7,9 +7,11 @@ import ipaddress
 import time
 import uuid
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 from kubesmith.controllers import namespace as namespace_controller
-from kubesmith.controllers.nodeipam import CIDRSet, CIDRSetFull
+from kubesmith.controllers import options as flags
+from kubesmith.controllers.nodeipam import CIDRSet, CIDRSetFull, NodeIpamController
 from kubesmith.controllers.nodelifecycle import (
     FULL_DISRUPTION,
     NORMAL,
@@ -386,6 +388,41 @@ def test_cidr_set_allocates_round_robin_releases_and_fills_up():
     other = CIDRSet(ipaddress.ip_network("10.0.0.0/16"), 24)
     other.occupy(ipaddress.ip_network("10.0.0.0/23"))
     assert str(other.allocate()) == "10.0.2.0/24"
+
+
+class _FakeInformer:
+    def __init__(self, objects):
+        self.lister = SimpleNamespace(list=lambda: objects,
+                                      get=lambda name, namespace=None: next(
+                                          (o for o in objects
+                                           if o["metadata"]["name"] == name), None))
+
+    def add_event_handler(self, **handlers):
+        pass
+
+
+def test_nodeipam_rebuilds_from_existing_nodes_and_releases():
+    nodes = [{"metadata": {"name": "a"}, "spec": {"podCIDR": "10.1.0.0/24",
+                                                  "podCIDRs": ["10.1.0.0/24", "fd00::/64"]}},
+             {"metadata": {"name": "b"}, "spec": {"podCIDR": "10.1.2.0/24"}}]
+    options = flags.parse(["--kubeconfig=k", "--allocate-node-cidrs",
+                           "--cluster-cidr=10.1.0.0/22,fd00::/62",
+                           "--service-cluster-ip-range=10.1.3.0/24"])
+    ctx = SimpleNamespace(client=None, options=options,
+                          informers=SimpleNamespace(informer=lambda *a, **k: _FakeInformer(nodes)),
+                          recorder=lambda component: None)
+    ipam = NodeIpamController(ctx)
+    ipam.load_existing()
+    v4, v6 = ipam.sets
+    assert [str(v4.allocate())] == ["10.1.1.0/24"]     # .0 and .2 in use, .3 services
+    try:
+        v4.allocate()
+        raise AssertionError("full")
+    except CIDRSetFull:
+        pass
+    ipam._deleted(nodes[1])
+    assert str(v4.allocate()) == "10.1.2.0/24"
+    assert str(v6.allocate()) == "fd00:0:0:1::/64"
 
 
 def test_toleration_matching_and_seconds():
