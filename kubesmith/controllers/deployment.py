@@ -105,6 +105,12 @@ def _status(rs: Obj | None, field: str) -> int:
     return ((rs or {}).get("status") or {}).get(field, 0) or 0
 
 
+def _available(rs: Obj | None) -> int:
+    """Available pods of a set that it keeps: a set just scaled down reports pods it
+    is deleting until its controller looks again, and those must not count."""
+    return min(_status(rs, "availableReplicas"), replicas_of(rs))
+
+
 def fenceposts(d: Obj) -> tuple[int, int]:
     """(maxSurge, maxUnavailable) of a RollingUpdate Deployment: surge rounds up,
     unavailable down, and both 0 would block, so unavailable is then 1."""
@@ -303,9 +309,10 @@ class DeploymentController(QueueController):
         if new_rs is not None:
             changes = self._rs_annotations(d, new_rs, revision)
             if changes:
-                new_rs = await self.client.patch(RS, meta(new_rs)["name"],
-                                                 {"metadata": {"annotations": changes}},
-                                                 meta(new_rs)["namespace"])
+                new_rs = await self.client.patch(RS, meta(new_rs)["name"], {"metadata": {
+                    "annotations": changes,
+                    "resourceVersion": meta(new_rs)["resourceVersion"]}},
+                    meta(new_rs)["namespace"])
             await self._set_revision(d, revision_of(new_rs))
             return new_rs, old_rss
         if not create:
@@ -374,7 +381,9 @@ class DeploymentController(QueueController):
         if not size_changed and all(current.get(k) == v for k, v in annotations.items()):
             return False, rs
         updated = await self.client.patch(
-            RS, meta(rs)["name"], {"metadata": {"annotations": annotations},
+            # The resourceVersion makes a write from a stale cache fail (409) and retry.
+            RS, meta(rs)["name"], {"metadata": {"annotations": annotations,
+                                                "resourceVersion": meta(rs)["resourceVersion"]},
                                    "spec": {"replicas": replicas}}, meta(rs)["namespace"])
         if size_changed:
             direction = "up" if replicas > replicas_of(rs) else "down"
@@ -413,7 +422,7 @@ class DeploymentController(QueueController):
         replicas = d["spec"].get("replicas", 1)
         min_available = replicas - max_unavailable(d)
         all_pods = sum(replicas_of(rs) for rs in all_rss)
-        new_unavailable = replicas_of(new_rs) - _status(new_rs, "availableReplicas")
+        new_unavailable = replicas_of(new_rs) - _available(new_rs)
         budget = all_pods - min_available - new_unavailable
         if budget <= 0:
             return False
@@ -426,7 +435,7 @@ class DeploymentController(QueueController):
                 break
             if replicas_of(rs) == 0:
                 continue
-            unhealthy = replicas_of(rs) - _status(rs, "availableReplicas")
+            unhealthy = replicas_of(rs) - _available(rs)
             if unhealthy <= 0:
                 continue
             down = min(budget - cleaned, unhealthy)
@@ -435,7 +444,7 @@ class DeploymentController(QueueController):
             scaled = scaled or changed
         # Then available ones, down to replicas - maxUnavailable available in all.
         all_rss = old_rss + ([new_rs] if new_rs else [])
-        available = sum(_status(rs, "availableReplicas") for rs in all_rss)
+        available = sum(_available(rs) for rs in all_rss)
         if available > min_available:
             total = available - min_available
             done = 0

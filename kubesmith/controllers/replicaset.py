@@ -148,7 +148,8 @@ class ReplicaManager(QueueController):
         error: Exception | None = None
         if needs_sync and not is_terminating(owner):
             try:
-                await self._manage(key, owner, pods)
+                deleted = await self._manage(key, owner, pods)
+                pods = [p for p in pods if p not in deleted]
             except (ApiError, ConnectionError) as exc:
                 error = exc
         await self._update_status(owner, pods)
@@ -160,7 +161,8 @@ class ReplicaManager(QueueController):
             return float(minimum)
         return None
 
-    async def _manage(self, key: str, owner: Obj, pods: list[Obj]) -> None:
+    async def _manage(self, key: str, owner: Obj, pods: list[Obj]) -> list[Obj]:
+        """Create or delete pods; the pods deleted (gone from the status counts)."""
         spec = owner.get("spec") or {}
         wanted = spec.get("replicas", 1)
         diff = len(pods) - wanted
@@ -174,6 +176,8 @@ class ReplicaManager(QueueController):
             self.expectations.expect(key, deletes=count,
                                      uids=[meta(p)["uid"] for p in doomed])
             await self._delete(key, owner, doomed)
+            return doomed
+        return []
 
     async def _create(self, key: str, owner: Obj, count: int) -> None:
         template = (owner.get("spec") or {}).get("template") or {}

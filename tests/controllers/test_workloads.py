@@ -317,10 +317,11 @@ def test_deployment_rolling_update_and_kubectl_rollout(cluster):
                 "metadata": {"annotations": {"kubernetes.io/change-cause": "second"}},
                 "spec": {"template": {"spec": {"containers": [container("busybox:2")]}}}},
                 namespace)
-            lowest = 4
+            lowest, highest = 4, 4
             deadline = time.monotonic() + 40
             while time.monotonic() < deadline:
                 lowest = min(lowest, len(await _ready_pods(client, namespace, "app=web")))
+                highest = max(highest, len(await pods_of(client, namespace, "app=web")))
                 if await _deployment_done(client, namespace, "web", 4) and all(
                         p["spec"]["containers"][0]["image"] == "busybox:2"
                         for p in await pods_of(client, namespace, "app=web")):
@@ -333,7 +334,8 @@ def test_deployment_rolling_update_and_kubectl_rollout(cluster):
                 await asyncio.sleep(0.3)
             else:
                 raise AssertionError("rollout did not finish")
-            assert lowest >= 3
+            assert lowest >= 3      # replicas - maxUnavailable
+            assert highest <= 5     # replicas + maxSurge
             rollout = await in_thread(cluster.kubectl, "-n", namespace, "rollout", "status",
                                       "deployment/web", "--timeout=20s")
             assert "successfully rolled out" in rollout.stdout
