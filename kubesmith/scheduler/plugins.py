@@ -472,24 +472,21 @@ def score_topology_spread(state: CycleState, nodes: list[NodeInfo]) -> list[int]
         return None
     if soft:
         constraints = [(c.topology_key, c.max_skew) for c in soft]
+        required = [key for key, _ in constraints]    # explicit keys must be on the node
 
         def count_on(index: int, node: NodeInfo) -> int:
             return soft[index].count_on(node, pod.namespace)
     elif pod.owner_uid:
-        constraints = list(DEFAULT_SPREAD)
+        # The defaults skip a key no node has (a cluster without zones) and take each
+        # node as its own hostname domain.
+        constraints = [(key, skew) for key, skew in DEFAULT_SPREAD if key == HOSTNAME_LABEL
+                       or any(key in node.labels for node in state.nodes)]
+        required = [key for key, _ in constraints if key != HOSTNAME_LABEL]
 
         def count_on(index: int, node: NodeInfo) -> int:
             return node.owner_counts.get(pod.owner_uid, 0)
     else:
         return None
-    required = [key for key, _ in constraints if key != HOSTNAME_LABEL] if not soft \
-        else [key for key, _ in constraints]
-    # Default constraints ignore keys no node has (a cluster without zones); explicit
-    # constraints need their keys on the node.
-    if not soft:
-        constraints = [(k, s) for k, s in constraints
-                       if k == HOSTNAME_LABEL or any(k in n.labels for n in state.nodes)]
-        required = [k for k, _ in constraints if k != HOSTNAME_LABEL]
     counts: list[Counter] = [Counter() for _ in constraints]
     domains: list[set] = [set() for _ in constraints]
     for node in state.nodes:

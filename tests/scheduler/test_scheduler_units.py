@@ -390,3 +390,18 @@ def test_anti_affinity_namespaces_and_namespace_selector():
                   {"namespaceSelector": {"matchLabels": {"tier": "prod"}}}):
         assert reasons(framework, pod_with(extra)) == {
             "a": ("node(s) didn't match pod anti-affinity rules",)}
+
+
+def test_topology_spread_schedule_anyway_scores_the_emptier_zone():
+    soft = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+             "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": {"matchLabels": {"app": "web"}}}]
+    zone = "topology.kubernetes.io/zone"
+    framework = cluster(make_node("a", labels={zone: "z1"}),
+                        make_node("b", labels={zone: "z1"}), make_node("c", labels={zone: "z2"}),
+                        pods=[make_pod("w0", labels={"app": "web"}, node="a"),
+                              make_pod("w1", labels={"app": "web"}, node="a"),
+                              make_pod("batch", cpu="3", node="c")])
+    # b is the emptiest node, but c's zone has none of the web pods.
+    pod = make_pod("w2", labels={"app": "web"}, topologySpreadConstraints=soft)
+    assert {framework.schedule(PodInfo(pod)) for _ in range(5)} == {"c"}
