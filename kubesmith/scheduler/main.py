@@ -234,31 +234,31 @@ async def run(options: Options) -> int:
 
     informers.start()
     status = 0
+    stop = asyncio.create_task(stopping.wait())
     try:
         synced = asyncio.create_task(informers.wait_for_sync(SYNC_TIMEOUT))
-        await asyncio.wait({synced, asyncio.create_task(stopping.wait())},
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
         if stopping.is_set():
+            synced.cancel()
             return 0
         if not synced.result():
             log.error("informers did not sync within %.0fs", SYNC_TIMEOUT)
             return 1
         work = asyncio.create_task(elector.run() if elector else scheduler.run(),
                                    name="kube-scheduler")
-        stop = asyncio.create_task(stopping.wait())
         await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
         if stopping.is_set():
             work.cancel()       # releases the lease
             await asyncio.gather(work, return_exceptions=True)
             log.info("stopped")
         else:
-            stop.cancel()
             error = work.exception() if not work.cancelled() else None
             log.error("leaderelection lost" if lost.is_set() else
                       f"scheduler ended: {error!r}")
             status = 1
         await scheduler.drain()
     finally:
+        stop.cancel()
         await informers.shutdown()
         if runner is not None:
             await runner.cleanup()
