@@ -479,6 +479,21 @@ async def ensure_revision(client: ApiClient, owner: Obj, revisions: list[Obj],
     return digest, created
 
 
+async def truncate_history(client: ApiClient, owner: Obj, revisions: list[Obj],
+                           live_hashes: set[str]) -> None:
+    """Delete the oldest revisions no pod uses beyond spec.revisionHistoryLimit."""
+    limit = (owner.get("spec") or {}).get("revisionHistoryLimit", 10)
+    idle = sorted((r for r in revisions
+                   if (meta(r).get("labels") or {}).get(REVISION_HASH_LABEL) not in live_hashes),
+                  key=lambda r: int(r.get("revision") or 0))
+    for revision in idle[:max(len(idle) - limit, 0)]:
+        try:
+            await client.delete(REVISIONS, meta(revision)["name"], meta(revision)["namespace"])
+        except ApiError as exc:
+            if not is_not_found(exc):
+                raise
+
+
 def owned_revisions(lister, owner: Obj) -> list[Obj]:
     return [r for r in lister.list(meta(owner)["namespace"]) if is_controlled_by(r, owner)]
 

@@ -30,10 +30,10 @@ from kubesmith.controllers.common import (
     claim,
     controller_of,
     ensure_revision,
+    truncate_history,
     is_pod_available,
     is_pod_ready,
     is_terminating,
-    label_match,
     meta,
     owned_revisions,
     pod_from_template,
@@ -267,6 +267,9 @@ class DaemonSetController(QueueController):
                 to_delete = self._rolling_victims(ds, digest, by_node, eligible)
             await self._apply(key, ds, digest, to_create, to_delete)
         await self._update_status(ds, digest, by_node, eligible)
+        live = {digest} | {(meta(p).get("labels") or {}).get(REVISION_HASH_LABEL, "")
+                           for p in pods}
+        await truncate_history(self.client, ds, revisions, live)
         return None
 
     def _rolling_victims(self, ds: Obj, digest: str, by_node: dict[str, list[Obj]],

@@ -120,7 +120,8 @@ class EndpointsController(ServicePodTracker):
                         raise
             return None
         spec = service.get("spec") or {}
-        if not spec.get("selector"):
+        if not spec.get("selector") or spec.get("type") == "ExternalName":
+            # Not this controller's: no selector, or a name rather than endpoints.
             return None
         subsets = desired_subsets(service, self.selected_pods(service))
         current = self.endpoints.lister.get(name, namespace)

@@ -128,7 +128,8 @@ class EndpointSliceController(ServicePodTracker):
         existing = sorted((s for s in self.slices.lister.list(namespace)
                            if (meta(s).get("labels") or {}).get(SERVICE_NAME_LABEL) == name),
                           key=lambda s: meta(s)["name"])
-        if service is None or not (service.get("spec") or {}).get("selector"):
+        spec = (service or {}).get("spec") or {}
+        if service is None or not spec.get("selector") or spec.get("type") == "ExternalName":
             # Gone (the garbage collector would also take them) or not ours to fill.
             for obj in existing:
                 await self._delete(obj)

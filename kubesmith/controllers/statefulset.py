@@ -21,7 +21,7 @@ import copy
 import logging
 import re
 
-from kubesmith.client.informers import namespace_key, split_key
+from kubesmith.client.informers import split_key
 from kubesmith.client.rest import ApiError, is_already_exists, is_not_found
 from kubesmith.controllers import register
 from kubesmith.controllers.common import (
@@ -32,6 +32,7 @@ from kubesmith.controllers.common import (
     claim,
     controller_of,
     ensure_revision,
+    truncate_history,
     is_pod_available,
     is_pod_ready,
     is_terminating,
@@ -104,6 +105,11 @@ class StatefulSetController(QueueController):
         if not is_terminating(sts):
             await self._update_replicas(sts, update_hash, by_ordinal)
         await self._update_status(sts, update_hash, by_ordinal)
+        current = ((sts.get("status") or {}).get("currentRevision") or "").removeprefix(
+            f"{name}-")
+        live = {update_hash, current} | {(meta(p).get("labels") or {}).get(
+            REVISION_HASH_LABEL, "") for p in pods}
+        await truncate_history(self.client, sts, revisions, live)
         return None
 
     async def _update_replicas(self, sts: Obj, update_hash: str,

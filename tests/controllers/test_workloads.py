@@ -704,6 +704,12 @@ def test_daemonset_one_pod_per_eligible_node(cluster):
                 raise AssertionError("daemonset rolling update did not finish")
             assert len((await client.list("apps/v1 controllerrevisions",
                                           namespace))["items"]) == 2
+            rollout = await in_thread(cluster.kubectl, "-n", namespace, "rollout", "status",
+                                      "daemonset/agent", "--timeout=20s")
+            assert "successfully rolled out" in rollout.stdout
+            history = (await in_thread(cluster.kubectl, "-n", namespace, "rollout", "history",
+                                       "daemonset/agent")).stdout
+            assert "1 " in history and "2 " in history, history
     run(main())
 
 
@@ -765,6 +771,10 @@ def test_statefulset_ordered_creation_scale_down_and_rolling_update(cluster):
             status = await eventually(lambda: _status_is(
                 client, "apps/v1 statefulsets", "db", namespace, replicas=3, updatedReplicas=3))
             assert status["currentRevision"] == status["updateRevision"]
+            rollout = await in_thread(cluster.kubectl, "-n", namespace, "rollout", "status",
+                                      "statefulset/db", "--timeout=20s")
+            assert "partitioned roll out complete" in rollout.stdout or \
+                "roll out complete" in rollout.stdout, rollout.stdout
 
             # Scale down: highest ordinal first.
             await client.patch("apps/v1 statefulsets", "db", {"spec": {"replicas": 1}},
