@@ -860,3 +860,49 @@ async def _jobs_named_not(client: ApiClient, namespace: str, name: str) -> list[
     items = (await client.list("batch/v1 jobs", namespace))["items"]
     others = [j for j in items if j["metadata"]["name"] != name]
     return others if len(others) == 1 else None
+
+
+def test_deployment_progress_deadline_and_min_ready_seconds(cluster):
+    from kubesmith.controllers.deployment import DeploymentController
+    from kubesmith.controllers.replicaset import ReplicaSetController
+    namespace = cluster.new_namespace("deadline-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, DeploymentController,
+                           ReplicaSetController) as env:
+            client = env.client
+            node = await make_node(client)
+            # Pods that never become ready: the rollout times out.
+            body = _deployment("stuck", 1, "img:1")
+            body["spec"]["progressDeadlineSeconds"] = 1
+            await client.create("apps/v1 deployments", body, namespace)
+
+            async def timed_out():
+                status = await get_status(client, "apps/v1 deployments", "stuck", namespace)
+                return [c for c in status.get("conditions") or []
+                        if c["type"] == "Progressing"
+                        and c["reason"] == "ProgressDeadlineExceeded"]
+            [condition] = await eventually(timed_out, timeout=15)
+            assert condition["status"] == "False"
+            assert condition["message"].endswith("has timed out progressing.")
+            result = await in_thread(cluster.kubectl, "-n", namespace, "rollout", "status",
+                                     "deployment/stuck", "--timeout=10s", check=False)
+            assert result.returncode != 0
+            assert "exceeded its progress deadline" in result.stderr
+
+            # minReadySeconds: ready pods count as available only after it.
+            body = _deployment("slow", 1, "img:1")
+            body["spec"]["minReadySeconds"] = 2
+            await client.create("apps/v1 deployments", body, namespace)
+            await eventually(lambda: _count(client, namespace, "app=slow", 1))
+            await start_all(client, namespace, node, "app=slow")
+            ready_at = time.monotonic()
+            await eventually(lambda: _status_is(client, "apps/v1 deployments", "slow",
+                                                namespace, readyReplicas=1))
+            status = await get_status(client, "apps/v1 deployments", "slow", namespace)
+            if time.monotonic() - ready_at < 1.5:
+                assert not status.get("availableReplicas")
+            await eventually(lambda: _status_is(client, "apps/v1 deployments", "slow",
+                                                namespace, availableReplicas=1), timeout=15)
+            assert time.monotonic() - ready_at >= 1.0
+    run(main())
