@@ -10,7 +10,9 @@ gets, by role:
   not running);
 - `etcd` hosts: an etcd member with client-cert auth; the deploy waits until every
   member reports healthy over TLS;
-- `masters`: kube-apiserver on that etcd; the deploy waits for its /readyz.
+- `masters`: kube-apiserver on that etcd; the deploy waits for its /readyz. Then
+  kube-controller-manager and kube-scheduler (each elects one leader among the masters);
+  the deploy waits for their /healthz.
 """
 from pathlib import Path
 
@@ -40,3 +42,5 @@ if machine.is_etcd:
 
 if machine.is_master:
     control_plane.kube_apiserver(plan, host.name, manager, uploads, wheel)
+    control_plane.kube_controller_manager(plan, host.name, manager, uploads, wheel)
+    control_plane.kube_scheduler(plan, host.name, manager, uploads, wheel)

@@ -21,6 +21,9 @@ VENV = "/opt/kubesmith/venv"
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
+# Upstream's default HTTPS ports of /healthz (--secure-port), served on --bind-address.
+CONTROLLER_MANAGER_PORT = 10257
+SCHEDULER_PORT = 10259
 
 
 @dataclass(frozen=True)

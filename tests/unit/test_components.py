@@ -74,3 +74,65 @@ def test_control_plane_components_use_kubeadm_paths_and_flags():
     assert "/etc/kubernetes/pki/ca.key" in manager.files
     for component in (scheduler, manager):
         assert component.executable.startswith("/opt/kubesmith/venv/bin/kube-")
+
+
+def test_scheduler_and_controller_manager_serve_healthz_on_loopback_only():
+    settings = load_settings({})
+    master = THREE.masters[1]
+    for component in (components.kube_scheduler(settings, master),
+                      components.kube_controller_manager(settings, master)):
+        flags = dict(component.flags)
+        assert flags["--bind-address"] == "127.0.0.1"
+        assert flags["--leader-elect"] == "true"
+        assert flags["--authentication-kubeconfig"] == flags["--kubeconfig"]
+        assert flags["--kubeconfig"] in component.files
+    assert (components.SCHEDULER_PORT, components.CONTROLLER_MANAGER_PORT) == (10259, 10257)
+
+
+@pytest.fixture
+def healthz_server():
+    """An HTTPS server with a certificate no client trusts (as the components' own
+    self-signed one): /healthz answers 200, anything else 404."""
+    import http.server
+    import ssl
+    import threading
+
+    import trustme
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    trustme.CA().issue_cert("127.0.0.1").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_healthz_wait_command_runs_in_a_shell(healthz_server, monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from roles import control_plane
+
+    # The command runs the venv's python; here, the one running the tests.
+    monkeypatch.setattr(components, "VENV", str(Path(sys.executable).parent.parent))
+    monkeypatch.setattr(control_plane, "HEALTHY_TIMEOUT_SECONDS", 2)
+    command = control_plane.healthy_command("kube-scheduler", healthz_server)
+    assert subprocess.run(["sh", "-c", command], timeout=30).returncode == 0
+    closed = control_plane.healthy_command("kube-scheduler", healthz_server + 1
+                                           if healthz_server < 65535 else 1)
+    failed = subprocess.run(["sh", "-c", closed], capture_output=True, text=True, timeout=30)
+    assert failed.returncode == 1
+    assert "kube-scheduler not healthy within 2s" in failed.stderr
