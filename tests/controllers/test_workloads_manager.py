@@ -1,0 +1,78 @@
+"""The workload controllers as the kube-controller-manager runs them (the folder's
+`controller_manager` fixture, every controller on): a Deployment rolled out and shown
+by kubectl, its Service's Endpoints and EndpointSlice, and the garbage collector
+removing its ReplicaSet and pods after it."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from tests.controllers.conftest import wait_for
+
+
+def _items(cluster, path: str) -> list[dict]:
+    answer = cluster.request("GET", path)
+    assert answer.status == 200, answer.body
+    return answer.json()["items"]
+
+
+def _start(cluster, pod: dict, node: str, ip: str) -> None:
+    """What a kubelet would do: bind the pod and report it Running and Ready."""
+    ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    answer = cluster.request("POST", f"/api/v1/namespaces/{ns}/pods/{name}/binding", {
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+        "target": {"kind": "Node", "name": node}})
+    assert answer.status == 201, answer.body
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    answer = cluster.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", {
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                   "conditions": [{"type": "Ready", "status": "True",
+                                   "lastTransitionTime": now}]}},
+        content_type="application/merge-patch+json")
+    assert answer.status == 200, answer.body
+
+
+def test_deployment_service_and_cleanup_through_the_manager(cluster, namespace):
+    node = f"wl-{uuid.uuid4().hex[:6]}"
+    answer = cluster.request("POST", "/api/v1/nodes", {
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+    assert answer.status == 201, answer.body
+    manifest = {"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                  "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                      "terminationGracePeriodSeconds": 0,
+                      "containers": [{"name": "web", "image": "registry.k8s.io/pause:3.9",
+                                      "ports": [{"name": "http", "containerPort": 8080}]}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}}]}
+    cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+    pods_path = f"/api/v1/namespaces/{namespace}/pods"
+    pods = wait_for(lambda: (lambda items: items if len(items) == 2 else None)(
+        _items(cluster, pods_path + "?labelSelector=app%3Dweb")), timeout=20, what="2 pods")
+    for i, pod in enumerate(pods):
+        _start(cluster, pod, node, f"10.9.0.{i + 2}")
+    rollout = cluster.kubectl("-n", namespace, "rollout", "status", "deployment/web",
+                              "--timeout=30s", timeout=40)
+    assert "successfully rolled out" in rollout.stdout
+
+    def endpoints():
+        answer = cluster.request("GET", f"/api/v1/namespaces/{namespace}/endpoints/web")
+        if answer.status != 200:
+            return None
+        subsets = answer.json().get("subsets") or []
+        ips = sorted(a["ip"] for s in subsets for a in s.get("addresses") or [])
+        return subsets if ips == ["10.9.0.2", "10.9.0.3"] else None
+    [subset] = wait_for(endpoints, timeout=20, what="endpoints")
+    assert subset["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    slices = wait_for(lambda: _items(
+        cluster, f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
+                 "?labelSelector=kubernetes.io%2Fservice-name%3Dweb"), timeout=20)
+    assert len(slices[0]["endpoints"]) == 2
+
+    # Deleting the Deployment: the garbage collector takes its ReplicaSet and pods.
+    cluster.kubectl("-n", namespace, "delete", "deployment", "web")
+    wait_for(lambda: not _items(cluster, f"/apis/apps/v1/namespaces/{namespace}/replicasets"),
+             timeout=30, what="replica sets collected")
+    wait_for(lambda: not _items(cluster, pods_path), timeout=30, what="pods collected")
