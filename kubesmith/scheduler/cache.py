@@ -236,8 +236,16 @@ class SchedulerCache:
     def node_infos(self) -> list[NodeInfo]:
         """Nodes that exist (not placeholders holding pods of a node not yet seen)."""
         if self._node_list is None:
-            self._node_list = [self.nodes[name] for name in sorted(self.nodes)
-                               if self.nodes[name].node is not None]
+            # Zones take turns, as in upstream's node tree, so that the share of nodes
+            # a cycle examines in a large cluster is spread over every zone.
+            zones: dict[str, list[NodeInfo]] = {}
+            for name in sorted(self.nodes):
+                info = self.nodes[name]
+                if info.node is not None:
+                    zones.setdefault(info.labels.get(ZONE_LABEL, ""), []).append(info)
+            columns = [zones[zone] for zone in sorted(zones)]
+            self._node_list = [column[row] for row in range(max(map(len, columns), default=0))
+                               for column in columns if row < len(column)]
         return self._node_list
 
     def __len__(self) -> int:
@@ -248,7 +256,8 @@ class SchedulerCache:
         info = self.nodes.get(name)
         if info is None:
             info = self.nodes[name] = NodeInfo(name)
-        if info.node is None:
+        if info.node is None or info.labels.get(ZONE_LABEL) != (
+                (node.get("metadata") or {}).get("labels") or {}).get(ZONE_LABEL):
             self._node_list = None
         info.set_node(node)
         return info

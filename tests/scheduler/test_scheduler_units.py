@@ -405,3 +405,14 @@ def test_topology_spread_schedule_anyway_scores_the_emptier_zone():
     # b is the emptiest node, but c's zone has none of the web pods.
     pod = make_pod("w2", labels={"app": "web"}, topologySpreadConstraints=soft)
     assert {framework.schedule(PodInfo(pod)) for _ in range(5)} == {"c"}
+
+
+def test_nodes_are_examined_zone_by_zone_in_turn():
+    cache = SchedulerCache()
+    zone = "topology.kubernetes.io/zone"
+    for name, z in (("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("c1", "c"),
+                    ("c2", "c")):
+        cache.add_node(make_node(name, labels={zone: z}))
+    assert [n.name for n in cache.node_infos()] == ["a1", "b1", "c1", "a2", "c2", "a3"]
+    cache.update_node(make_node("a3", labels={zone: "b"}))
+    assert [n.name for n in cache.node_infos()] == ["a1", "a3", "c1", "a2", "b1", "c2"]
