@@ -65,6 +65,7 @@ CONDITION_TAINTS = {
 MANAGED_TAINT_KEYS = set(CONDITION_TAINTS.values()) | {UNSCHEDULABLE}
 MONITORED_CONDITIONS = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure")
 POD_NODE_INDEX = "kubesmith.io/pod-node-name"
+TAINT_EVICTION_WORKERS = 8      # upstream's UpdateWorkerSize
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
 NORMAL, PARTIAL_DISRUPTION, FULL_DISRUPTION = "Normal", "PartialDisruption", "FullDisruption"
@@ -467,7 +468,7 @@ class TaintEvictionController:
             self.queue = WorkQueue(name="taint_eviction")
             for pod in self.pods.lister.list():
                 self._pod(pod)
-        await run_workers(self.queue, self.sync, max(workers, 4))
+        await run_workers(self.queue, self.sync, max(workers, TAINT_EVICTION_WORKERS))
 
     async def sync(self, key: str) -> float | None:
         namespace, name = split_key(key)

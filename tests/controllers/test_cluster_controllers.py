@@ -253,11 +253,18 @@ def _delete_node(cluster, name: str) -> None:
 
 def test_podgc_force_deletes_pods_of_a_deleted_node(cluster, namespace):
     node = f"gone-{uuid.uuid4().hex[:6]}"
-    _node(cluster, node)
+    created = _node(cluster, node)
     _bound_pod(cluster, namespace, "orphaned", node)
+    # The kubelet's Lease is owned by its Node: the garbage collector takes it too.
+    leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+    assert cluster.request("POST", leases, {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": node, "ownerReferences": [_owner_ref(created)]},
+        "spec": {"holderIdentity": node}}).status == 201
     pod_path = f"/api/v1/namespaces/{namespace}/pods/orphaned"
     _delete_node(cluster, node)
     wait_for(_gone(cluster, pod_path), timeout=15, what="pod of the deleted node")
+    wait_for(_gone(cluster, f"{leases}/{node}"), timeout=15, what="lease of the deleted node")
 
 
 def test_nodeipam_gives_distinct_pod_cidrs(cluster, controller_manager):
