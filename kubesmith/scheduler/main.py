@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from kubesmith.apiserver.options import parse_bool, parse_duration
 from kubesmith.client.informers import InformerFactory
-from kubesmith.client.leaderelection import LeaderElector
+from kubesmith.client.leaderelection import JITTER, LeaderElector
 from kubesmith.client.rest import ApiClient
 from kubesmith.scheduler.scheduler import Scheduler, ShardedRecorder
 
@@ -124,9 +124,12 @@ def parse(argv: list[str]) -> Options:
     if not values.get("kubeconfig"):
         raise UsageError("--kubeconfig is required")
     options = Options(**values)
-    if options.leader_elect and options.leader_elect_lease_duration <= \
-            options.leader_elect_renew_deadline:
-        raise UsageError("leaseDuration must be greater than renewDeadline")
+    if options.leader_elect:
+        # Upstream's checks, in its words.
+        if options.leader_elect_lease_duration <= options.leader_elect_renew_deadline:
+            raise UsageError("leaseDuration must be greater than renewDeadline")
+        if options.leader_elect_renew_deadline <= JITTER * options.leader_elect_retry_period:
+            raise UsageError("renewDeadline must be greater than retryPeriod*JitterFactor")
     return options
 
 
@@ -202,15 +205,12 @@ async def run(options: Options) -> int:
     scheduler = Scheduler(client, informers, recorder)
     lost = asyncio.Event()
 
-    async def lead() -> None:
-        await scheduler.run()
-
     elector = None
     if options.leader_elect:
         elector = LeaderElector(
             client, name=options.leader_elect_resource_name,
             namespace=options.leader_elect_resource_namespace,
-            identity=f"{hostname}_{uuid.uuid4()}", on_started_leading=lead,
+            identity=f"{hostname}_{uuid.uuid4()}", on_started_leading=scheduler.run,
             on_stopped_leading=lost.set,
             on_new_leader=lambda who: log.info("new leader elected: %s", who),
             lease_duration=options.leader_elect_lease_duration,

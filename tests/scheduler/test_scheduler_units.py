@@ -1,8 +1,10 @@
-"""Filters, scores, the fit-error message, the queue and the cache, on fake objects."""
+"""Filters, scores, the fit-error message, the queue, the cache and the command line,
+on fake objects."""
 from __future__ import annotations
 
 import asyncio
 import random
+import re
 
 import pytest
 
@@ -14,6 +16,7 @@ from kubesmith.scheduler.framework import (
     fit_error_message,
     num_feasible_nodes_to_find,
 )
+from kubesmith.scheduler.main import UsageError, main, parse
 from kubesmith.scheduler.plugins import CycleState, run_filters, tolerates
 from kubesmith.scheduler.queue import SchedulingQueue
 from kubesmith.scheduler.resources import Resources, pod_non_zero_requests, pod_requests
@@ -416,3 +419,29 @@ def test_nodes_are_examined_zone_by_zone_in_turn():
     assert [n.name for n in cache.node_infos()] == ["a1", "b1", "c1", "a2", "c2", "a3"]
     cache.update_node(make_node("a3", labels={zone: "b"}))
     assert [n.name for n in cache.node_infos()] == ["a1", "a3", "c1", "a2", "b1", "c2"]
+
+
+def test_command_line():
+    options = parse(["--kubeconfig=/etc/kubernetes/scheduler.conf",
+                     "--authentication-kubeconfig=/etc/kubernetes/scheduler.conf",
+                     "--authorization-kubeconfig=/etc/kubernetes/scheduler.conf",
+                     "--bind-address=127.0.0.1", "--leader-elect=true",
+                     "--leader-elect-lease-duration=1m", "--leader-elect-renew-deadline=30s",
+                     "--leader-elect-retry-period=500ms", "-v=2"])
+    assert (options.bind_address, options.secure_port, options.leader_elect) == (
+        "127.0.0.1", 10259, True)
+    assert (options.leader_elect_lease_duration, options.leader_elect_renew_deadline,
+            options.leader_elect_retry_period, options.v) == (60.0, 30.0, 0.5, 2)
+    defaults = parse(["--kubeconfig=k", "--leader-elect"])
+    assert (defaults.bind_address, defaults.leader_elect_lease_duration,
+            defaults.leader_elect_resource_namespace, defaults.leader_elect_resource_name) == (
+        "0.0.0.0", 15.0, "kube-system", "kube-scheduler")
+    for bad, message in ((["--kubeconfig=k", "--no-such-flag"], "unknown flag: --no-such-flag"),
+                         ([], "--kubeconfig is required"),
+                         (["--kubeconfig=k", "--leader-elect-renew-deadline=20s"],
+                          "leaseDuration must be greater than renewDeadline"),
+                         (["--kubeconfig=k", "--leader-elect-retry-period=9s"],
+                          "renewDeadline must be greater than retryPeriod*JitterFactor")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            parse(bad)
+    assert main(["--kubeconfig=k", "--bogus"]) == 2
