@@ -10,5 +10,6 @@
                    unschedulable
     scheduler.py   the Scheduler: informers -> cache and queue, assume-then-bind,
                    FailedScheduling events and the PodScheduled condition
+    metrics.py     /metrics under upstream's names, read from the scheduler's counters
     main.py        the command line (upstream flags), /healthz, leader election
 """

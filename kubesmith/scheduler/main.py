@@ -37,6 +37,7 @@ from kubesmith.apiserver.options import parse_bool, parse_duration
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.leaderelection import JITTER, LeaderElector
 from kubesmith.client.rest import ApiClient
+from kubesmith.scheduler.metrics import Metrics
 from kubesmith.scheduler.scheduler import Scheduler, ShardedRecorder
 
 log = logging.getLogger("kube-scheduler")
@@ -170,27 +171,16 @@ def health_app(scheduler: Scheduler, elector: LeaderElector | None) -> web.Appli
     async def ok(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    async def metrics(request: web.Request) -> web.Response:
-        leader = 1 if elector is None or elector.is_leader() else 0
-        lines = [
-            "# TYPE scheduler_schedule_attempts_total counter",
-            f'scheduler_schedule_attempts_total{{result="scheduled"}} {scheduler.scheduled}',
-            f'scheduler_schedule_attempts_total{{result="unschedulable"}} '
-            f"{scheduler.unschedulable}",
-            f'scheduler_schedule_attempts_total{{result="error"}} {scheduler.bind_errors}',
-            "# TYPE scheduler_pending_pods gauge",
-            *(f'scheduler_pending_pods{{queue="{name}"}} {count}'
-              for name, count in scheduler.queue.counts().items()),
-            "# TYPE leader_election_master_status gauge",
-            f'leader_election_master_status{{name="kube-scheduler"}} {leader}',
-        ]
-        return web.Response(text="\n".join(lines) + "\n",
-                            content_type="text/plain", charset="utf-8")
+    metrics = Metrics(scheduler, lambda: elector is None or elector.is_leader())
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(),
+                            headers={"Content-Type": metrics.content_type})
 
     app = web.Application()
     for path in ("/healthz", "/livez", "/readyz"):
         app.router.add_get(path, ok)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", serve_metrics)
     return app
 
 
