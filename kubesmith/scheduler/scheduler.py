@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -102,7 +101,6 @@ class Scheduler:
         self.scheduled = 0
         self.unschedulable = 0
         self.bind_errors = 0
-        self.started_at = 0.0
 
     def namespace_labels(self, name: str) -> dict[str, str]:
         namespace = self.namespaces.lister.get(name) or {}
@@ -172,7 +170,6 @@ class Scheduler:
 
     async def run(self) -> None:
         """Schedule until cancelled (the informers must have synced)."""
-        self.started_at = time.monotonic()
         slots = asyncio.Semaphore(self.max_binds_in_flight)
         flusher = asyncio.create_task(self.queue.run(), name="scheduling-queue")
         log.info("scheduling pods (%d nodes known)", len(self.cache))
