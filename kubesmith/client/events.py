@@ -27,6 +27,7 @@ Obj = dict[str, Any]
 
 NORMAL, WARNING = "Normal", "Warning"
 MAX_PENDING = 1000      # emitted events not written yet; upstream's broadcaster queue size
+WRITERS = 8             # events written at once (each about a different object)
 
 
 def now_rfc3339() -> str:
@@ -48,7 +49,7 @@ def object_reference(obj: Obj, field_path: str = "") -> Obj:
 
 class EventRecorder:
     def __init__(self, client: ApiClient, component: str, host: str = "", *,
-                 window: float = 600.0, cache_size: int = 4096):
+                 window: float = 600.0, cache_size: int = 4096, writers: int = WRITERS):
         self.client = client
         self.component = component
         self.host = host
@@ -57,8 +58,12 @@ class EventRecorder:
         # identity of an event -> (namespace, name, count, monotonic time last written)
         self._seen: OrderedDict[tuple, tuple[str, str, int, float]] = OrderedDict()
         self._pending: set[asyncio.Task] = set()
-        # One write at a time, as upstream's broadcaster: a repeat must see the first.
-        self._writing = asyncio.Lock()
+        # Events about one object are written one at a time (a repeat must see the
+        # first to count it); events about different objects go in parallel, up to
+        # `writers`, so a busy component (hundreds of pods a second) keeps up.
+        self._writing: dict[tuple, asyncio.Lock] = {}
+        self._waiting: dict[tuple, int] = {}
+        self._slots = asyncio.Semaphore(writers)
 
     def emit(self, obj: Obj, event_type: str, reason: str, message: str, *,
              field_path: str = "") -> None:
@@ -79,8 +84,17 @@ class EventRecorder:
     async def record(self, obj: Obj, event_type: str, reason: str, message: str, *,
                      field_path: str = "") -> Obj | None:
         """Write the event now; the Event as stored, or None when it could not be."""
-        async with self._writing:
-            return await self._write(obj, event_type, reason, message, field_path)
+        meta = obj.get("metadata") or {}
+        key = (obj.get("kind"), meta.get("namespace"), meta.get("name"), meta.get("uid"))
+        lock = self._writing.setdefault(key, asyncio.Lock())
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            async with lock, self._slots:
+                return await self._write(obj, event_type, reason, message, field_path)
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key], self._writing[key]
 
     async def _write(self, obj: Obj, event_type: str, reason: str, message: str,
                      field_path: str) -> Obj | None:

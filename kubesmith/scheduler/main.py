@@ -34,11 +34,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from kubesmith.apiserver.options import parse_bool, parse_duration
+from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.leaderelection import JITTER, LeaderElector
 from kubesmith.client.rest import ApiClient
 from kubesmith.scheduler.metrics import Metrics
-from kubesmith.scheduler.scheduler import Scheduler, ShardedRecorder
+from kubesmith.scheduler.scheduler import Scheduler
 
 log = logging.getLogger("kube-scheduler")
 
@@ -191,7 +192,7 @@ async def run(options: Options) -> int:
                                        qps=options.kube_api_qps, burst=options.kube_api_burst)
     hostname = socket.gethostname()
     informers = InformerFactory(client)
-    recorder = ShardedRecorder(client, COMPONENT)
+    recorder = EventRecorder(client, COMPONENT)
     scheduler = Scheduler(client, informers, recorder)
     lost = asyncio.Event()
 

@@ -3,7 +3,7 @@ queue, finds each a node and assumes it there, and bindings are written in the
 background, several at a time.
 
     scheduler = Scheduler(client, InformerFactory(client),
-                          ShardedRecorder(client, "default-scheduler"))
+                          EventRecorder(client, "default-scheduler"))
     factory.start(); await factory.wait_for_sync()
     await scheduler.run()       # while leading; until cancelled
 
@@ -57,27 +57,9 @@ def _node_changed(old: Obj, new: Obj) -> bool:
     return any(old_spec.get(f) != new_spec.get(f) for f in _NODE_SPEC_FIELDS)
 
 
-class ShardedRecorder:
-    """Several EventRecorders writing side by side, each pod always on the same one (so
-    a repeated event is still counted on one Event). One EventRecorder writes one event
-    at a time, slower than the scheduler binds: at a few hundred pods a second its
-    queue would fill and drop "Scheduled" events."""
-
-    def __init__(self, client: ApiClient, component: str, shards: int = 4):
-        self.recorders = [EventRecorder(client, component) for _ in range(shards)]
-
-    def emit(self, obj: Obj, event_type: str, reason: str, message: str) -> None:
-        meta = obj.get("metadata") or {}
-        shard = hash((meta.get("namespace"), meta.get("name"))) % len(self.recorders)
-        self.recorders[shard].emit(obj, event_type, reason, message)
-
-    async def flush(self) -> None:
-        await asyncio.gather(*(recorder.flush() for recorder in self.recorders))
-
-
 class Scheduler:
     def __init__(self, client: ApiClient, informers: InformerFactory,
-                 recorder: EventRecorder | ShardedRecorder, *,
+                 recorder: EventRecorder, *,
                  scheduler_name: str = DEFAULT_SCHEDULER,
                  percentage_of_nodes_to_score: int = 0,
                  max_binds_in_flight: int = MAX_BINDS_IN_FLIGHT,

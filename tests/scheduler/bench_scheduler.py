@@ -20,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from kubesmith.client.events import EventRecorder  # noqa: E402
 from kubesmith.client.informers import InformerFactory  # noqa: E402
 from kubesmith.client.rest import ApiClient  # noqa: E402
-from kubesmith.scheduler.scheduler import Scheduler, ShardedRecorder  # noqa: E402
+from kubesmith.scheduler.scheduler import Scheduler  # noqa: E402
 from tests.apiserver.harness import Cluster  # noqa: E402
 from tests.scheduler.fakes import make_node  # noqa: E402
 
@@ -64,7 +65,7 @@ async def bench(cluster: Cluster, args) -> None:
     async with ApiClient.from_kubeconfig(cluster.kubeconfig, component="kube-scheduler",
                                          qps=args.qps, burst=args.qps * 2) as client:
         factory = InformerFactory(client)
-        scheduler = Scheduler(client, factory, ShardedRecorder(client, "default-scheduler"))
+        scheduler = Scheduler(client, factory, EventRecorder(client, "default-scheduler"))
         bound: dict[str, float] = {}
         scheduler.pods.add_event_handler(on_update=lambda old, new: bound.setdefault(
             new["metadata"]["name"], time.monotonic()) if new["spec"].get("nodeName") else None)

@@ -12,9 +12,10 @@ import urllib.request
 import uuid
 from datetime import datetime, timezone
 
+from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.rest import ApiClient
-from kubesmith.scheduler.scheduler import Scheduler, ShardedRecorder
+from kubesmith.scheduler.scheduler import Scheduler
 from kubesmith.store.testing import free_port
 from tests.scheduler.fakes import create_node, delete_node, make_node, make_pod
 
@@ -70,7 +71,7 @@ def test_scheduling_against_the_api_server(cluster):
                                              qps=500, burst=1000) as client:
             factory = InformerFactory(client)
             scheduler = Scheduler(client, factory,
-                                  ShardedRecorder(client, "default-scheduler"))
+                                  EventRecorder(client, "default-scheduler"))
             factory.start()
             assert await factory.wait_for_sync(20)
             running = asyncio.create_task(scheduler.run())
