@@ -6,8 +6,9 @@
 Every module of kubesmith.controllers is imported so each registers its controllers;
 the enabled ones (--controllers) are built from one ControllerContext, the informers
 they asked for are started and synced, then each controller's run(workers) is a task.
-A controller whose run() raises (or returns) is logged and run again after a backoff;
-the others carry on, as the process does.
+A controller whose run() raises (or returns) is logged, dropped with its informer
+handlers, and built and run anew after a backoff; the others carry on, as the process
+does.
 
 `run_process()` adds what the process does around that: the /healthz listener, and
 leader election on the Lease kube-system/kube-controller-manager, with controllers
@@ -26,7 +27,7 @@ import uuid
 from typing import Any
 
 import kubesmith.controllers as package
-from kubesmith.client.informers import InformerFactory
+from kubesmith.client.informers import InformerFactory, SharedInformer
 from kubesmith.client.leaderelection import LeaderElector
 from kubesmith.client.ratelimit import Backoff
 from kubesmith.client.rest import ApiClient
@@ -103,7 +104,44 @@ def workers_for(name: str, options: Options) -> int:
     return max(int(getattr(options, field, 1)), 1) if field else 1
 
 
+class _RecordingInformer:
+    """A shared informer as one controller sees it: the handlers it adds are noted, so
+    that they can be removed when that controller is rebuilt."""
+
+    def __init__(self, informer: SharedInformer, handlers: list):
+        self._informer = informer
+        self._handlers = handlers
+
+    def add_event_handler(self, on_add=None, on_update=None, on_delete=None):
+        handler = self._informer.add_event_handler(on_add, on_update, on_delete)
+        self._handlers.append((self._informer, handler))
+        return handler
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._informer, name)
+
+
+class _RecordingFactory:
+    """The process's InformerFactory as one controller sees it (see _RecordingInformer)."""
+
+    def __init__(self, factory: InformerFactory):
+        self._factory = factory
+        self.handlers: list[tuple[SharedInformer, Any]] = []
+
+    def informer(self, resource, **scope) -> _RecordingInformer:
+        return _RecordingInformer(self._factory.informer(resource, **scope), self.handlers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._factory, name)
+
+
 class ControllerManager:
+    """Builds each enabled controller from a ControllerContext sharing the process's
+    client and informers, and keeps them running. A controller whose run() raises (or
+    returns) is dropped, its informer handlers removed, and a new one is built and run
+    after a backoff (1 s doubling to 60 s): whatever state the old one had is rebuilt
+    from the informers' caches, as at start."""
+
     def __init__(self, client: ApiClient, options: Options, *, host: str = "",
                  restart_backoff: float = 1.0):
         self.client = client
@@ -112,32 +150,48 @@ class ControllerManager:
         self.restart_backoff = restart_backoff     # first wait before a restart, doubling
         self.controllers: dict[str, Any] = {}
         self.restarts: dict[str, int] = {}
-        self.informers: InformerFactory | None = None
+        self.informers = InformerFactory(client)
         self.started = asyncio.Event()      # set once every controller's run() began
+        self._views: dict[str, _RecordingFactory] = {}
 
-    def build(self) -> ControllerContext:
-        self.informers = InformerFactory(self.client)
-        context = ControllerContext(self.client, self.informers, self.options, host=self.host)
-        for name in enabled_controllers(self.options):
-            self.controllers[name] = CONTROLLERS[name](context)
-            log.info("built controller %s", name)
-        return context
+    def construct(self, name: str) -> Any:
+        """A new instance of a registered controller, on the shared informers."""
+        view = _RecordingFactory(self.informers)
+        context = ControllerContext(self.client, view, self.options,  # type: ignore[arg-type]
+                                    host=self.host)
+        controller = CONTROLLERS[name](context)
+        self._views[name] = view
+        self.controllers[name] = controller
+        return controller
+
+    def discard(self, name: str) -> None:
+        """Forget a controller instance and detach its informer handlers."""
+        self.controllers.pop(name, None)
+        view = self._views.pop(name, None)
+        for informer, handler in view.handlers if view else ():
+            try:
+                informer.remove_event_handler(handler)
+            except ValueError:
+                pass
+
+    async def sync_informers(self) -> None:
+        """Start every informer asked for and wait until all have synced."""
+        self.informers.start()
+        while not await self.informers.wait_for_sync(SYNC_WAIT_LOG_EVERY):
+            waiting = [repr(i) for i in self.informers.informers if not i.has_synced()]
+            log.warning("waiting for informers to sync: %s", ", ".join(waiting))
 
     async def run(self) -> None:
         """Build, sync and run the enabled controllers until cancelled."""
-        self.build()
-        assert self.informers is not None
+        for name in enabled_controllers(self.options):
+            self.construct(name)
+            log.info("built controller %s", name)
         tasks: list[asyncio.Task] = []
         try:
-            self.informers.start()
-            while not await self.informers.wait_for_sync(SYNC_WAIT_LOG_EVERY):
-                waiting = [repr(i) for i in self.informers.informers if not i.has_synced()]
-                log.warning("waiting for informers to sync: %s", ", ".join(waiting))
-            # Controllers may ask for informers lazily; start those too.
-            self.informers.start()
+            await self.sync_informers()
             log.info("informers synced; starting %d controllers", len(self.controllers))
-            tasks = [asyncio.create_task(self._supervise(name, controller), name=name)
-                     for name, controller in self.controllers.items()]
+            tasks = [asyncio.create_task(self._supervise(name), name=name)
+                     for name in list(self.controllers)]
             self.started.set()
             await asyncio.gather(*tasks)
         finally:
@@ -146,18 +200,24 @@ class ControllerManager:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.informers.shutdown()
 
-    async def _supervise(self, name: str, controller: Any) -> None:
+    async def _supervise(self, name: str) -> None:
         backoff = Backoff(self.restart_backoff, 60.0, reset_after=300.0)
         workers = workers_for(name, self.options)
         while True:
+            controller = self.controllers.get(name)
             try:
+                if controller is None:
+                    controller = self.construct(name)
+                    await self.sync_informers()
+                    log.info("controller %s rebuilt", name)
                 await controller.run(workers)
                 log.error("controller %s stopped by itself; restarting it", name)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("controller %s crashed; restarting it", name)
+                log.exception("controller %s failed; restarting it", name)
             self.restarts[name] = self.restarts.get(name, 0) + 1
+            self.discard(name)
             await asyncio.sleep(backoff.next())
 
 

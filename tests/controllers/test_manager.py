@@ -121,16 +121,21 @@ def test_enabled_controllers_from_the_registry():
     assert only == ["nodeipam", "serviceaccount"]
 
 
-def test_a_crashing_controller_is_restarted_after_a_backoff():
+def test_a_crashing_controller_is_rebuilt_and_run_again_after_a_backoff():
     from kubesmith.controllers.manager import ControllerManager
 
+    instances: list = []
+
     class Flaky:
-        def __init__(self):
+        def __init__(self, ctx):
             self.runs: list[int] = []
+            self.handler = ctx.informers.informer("v1 configmaps").add_event_handler(
+                on_add=lambda obj: None)
+            instances.append(self)
 
         async def run(self, workers: int) -> None:
             self.runs.append(workers)
-            if len(self.runs) == 1:
+            if len(instances) == 1:
                 raise RuntimeError("boom")
             await asyncio.Event().wait()
 
@@ -138,17 +143,33 @@ def test_a_crashing_controller_is_restarted_after_a_backoff():
         manager = ControllerManager(None, flags.parse(["--kubeconfig=k",
                                                        "--concurrent-namespace-syncs=4"]),
                                     host="h", restart_backoff=0.01)
-        flaky = Flaky()
-        task = asyncio.create_task(manager._supervise("namespace", flaky))
+        informer = manager.informers.informer("v1 configmaps")
+        # No API server here: nothing is started and the cache counts as synced.
+        manager.informers.start = lambda: None
+        informer._synced.set()
+        manager.construct("namespace")
+        task = asyncio.create_task(manager._supervise("namespace"))
         deadline = time.monotonic() + 5
-        while len(flaky.runs) < 2 and time.monotonic() < deadline:
+        while len(instances) < 2 or not instances[1].runs:
+            assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        return flaky.runs, manager.restarts
+        return manager, informer
 
-    runs, restarts = asyncio.run(main())
-    assert runs == [4, 4] and restarts == {"namespace": 1}
+    load_controllers()
+    original = CONTROLLERS["namespace"]
+    CONTROLLERS["namespace"] = Flaky
+    try:
+        manager, informer = asyncio.run(main())
+    finally:
+        CONTROLLERS["namespace"] = original
+    first, second = instances
+    assert first.runs == [4] and second.runs == [4]
+    assert manager.restarts == {"namespace": 1}
+    assert manager.controllers["namespace"] is second
+    # The crashed instance's handlers are gone from the shared informer.
+    assert informer._handlers == [second.handler]
 
 
 # --- the process -----------------------------------------------------------------------
