@@ -173,10 +173,6 @@ class GarbageCollector:
     # --- work ---------------------------------------------------------------------------
 
     async def run(self, workers: int) -> None:
-        if self.queue.shutting_down:     # run again after a crash: start afresh
-            self.queue = WorkQueue(name="garbage_collector_attempt_to_delete")
-            for uid in list(self.nodes):
-                self.queue.add(uid)
         await run_workers(self.queue, self.sync, workers)
 
     async def sync(self, uid: str) -> None:

@@ -115,10 +115,6 @@ class NamespaceController:
             self.queue.add(meta.get("name", ""))
 
     async def run(self, workers: int) -> None:
-        if self.queue.shutting_down:     # run again after a crash: start afresh
-            self.queue = WorkQueue(name="namespace")
-            for namespace in self.namespaces.lister.list():
-                self._namespace(namespace)
         await run_workers(self.queue, self.sync, workers)
 
     async def sync(self, name: str) -> float | None:

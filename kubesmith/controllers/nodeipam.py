@@ -107,7 +107,6 @@ class NodeIpamController:
         self.queue = WorkQueue(name="node_ipam")
         # name -> subnets this controller counts as the node's.
         self.allocated: dict[str, list[Network]] = {}
-        self._loaded = False
         if self.enabled:
             self.nodes.add_event_handler(
                 on_add=lambda node: self.queue.add(_name(node)),
@@ -128,7 +127,6 @@ class NodeIpamController:
                 cidr_set.occupy(service_range)
         for node in self.nodes.lister.list():
             self._record(_name(node), pod_cidrs(node))
-        self._loaded = True
 
     def _record(self, name: str, cidrs: list[str]) -> None:
         subnets = []
@@ -147,12 +145,7 @@ class NodeIpamController:
         if not self.enabled:
             log.info("--allocate-node-cidrs is off: node IPAM does nothing")
             await asyncio.Event().wait()     # nothing to do, but a controller runs
-        if not self._loaded:
-            self.load_existing()
-        if self.queue.shutting_down:     # run again after a crash: start afresh
-            self.queue = WorkQueue(name="node_ipam")
-            for node in self.nodes.lister.list():
-                self.queue.add(_name(node))
+        self.load_existing()
         # One worker: allocation must see the previous one.
         await run_workers(self.queue, self.sync, 1)
 

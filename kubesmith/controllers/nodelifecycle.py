@@ -464,10 +464,6 @@ class TaintEvictionController:
         self.first_seen.pop(namespace_key(_unwrap(pod)), None)
 
     async def run(self, workers: int) -> None:
-        if self.queue.shutting_down:     # run again after a crash: start afresh
-            self.queue = WorkQueue(name="taint_eviction")
-            for pod in self.pods.lister.list():
-                self._pod(pod)
         await run_workers(self.queue, self.sync, max(workers, TAINT_EVICTION_WORKERS))
 
     async def sync(self, key: str) -> float | None:

@@ -58,10 +58,6 @@ class RootCACertPublisher:
             self.queue.add(meta.get("namespace", ""))
 
     async def run(self, workers: int) -> None:
-        if self.queue.shutting_down:     # run again after a crash: start afresh
-            self.queue = WorkQueue(name="root_ca_cert_publisher")
-            for namespace in self.namespaces.lister.list():
-                self._namespace(namespace)
         await run_workers(self.queue, self.sync, workers)
 
     async def sync(self, name: str) -> None:
