@@ -66,10 +66,14 @@ def test_deployment_service_and_cleanup_through_the_manager(cluster, namespace):
         return subsets if ips == ["10.9.0.2", "10.9.0.3"] else None
     [subset] = wait_for(endpoints, timeout=20, what="endpoints")
     assert subset["ports"] == [{"port": 8080, "protocol": "TCP"}]
-    slices = wait_for(lambda: _items(
-        cluster, f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices"
-                 "?labelSelector=kubernetes.io%2Fservice-name%3Dweb"), timeout=20)
-    assert len(slices[0]["endpoints"]) == 2
+
+    def slice_endpoints():
+        slices = _items(cluster, f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/"
+                                 "endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dweb")
+        endpoints = [e for s in slices for e in s.get("endpoints") or []]
+        return endpoints if len(endpoints) == 2 else None
+    endpoints = wait_for(slice_endpoints, timeout=20, what="slice endpoints")
+    assert all(e["conditions"]["ready"] for e in endpoints)
 
     # Deleting the Deployment: the garbage collector takes its ReplicaSet and pods.
     cluster.kubectl("-n", namespace, "delete", "deployment", "web")
