@@ -140,9 +140,10 @@ class GarbageCollector:
             self.queue.add(uid)
         if node.deleting and (ORPHAN in node.finalizers or FOREGROUND in node.finalizers):
             self.queue.add(uid)
-        # A dependent no longer blocking (or no longer ours) may free a waiting owner.
-        for owner in old_owners - new_owners:
-            self._wake_owner(owner)
+        # A dependent no longer ours, or no longer blocking, may free a waiting owner.
+        if previous is not None and previous.owners != node.owners:
+            for owner in old_owners:
+                self._wake_owner(owner)
 
     def _deleted(self, rt: ResourceType, obj: Obj | DeletedFinalStateUnknown) -> None:
         obj = _unwrap(obj)
@@ -154,6 +155,8 @@ class GarbageCollector:
         # Its dependents may have no owner left.
         for dependent in self.dependents.get(uid, ()):
             self.queue.add(dependent)
+        if not self.dependents.get(uid, True):
+            del self.dependents[uid]
 
     def _unlink(self, owner: str, dependent: str) -> None:
         dependents = self.dependents.get(owner)

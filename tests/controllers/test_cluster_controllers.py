@@ -3,6 +3,7 @@ root-ca-cert-publisher, namespace, garbagecollector, podgc, nodeipam, nodelifecy
 taint eviction. Unit tests of their pure parts at the end."""
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 import uuid
@@ -443,6 +444,49 @@ def test_nodeipam_rebuilds_from_existing_nodes_and_releases():
     ipam._deleted(nodes[1])
     assert str(v4.allocate()) == "10.1.2.0/24"
     assert str(v6.allocate()) == "fd00:0:0:1::/64"
+
+
+def test_gc_graph_follows_references_and_wakes_waiting_owners():
+    from kubesmith.client.rest import resource_type
+    from kubesmith.controllers.garbagecollector import GarbageCollector
+
+    ctx = SimpleNamespace(client=None, informers=SimpleNamespace(
+        informer=lambda rt: _FakeInformer([])))
+    gc = GarbageCollector(ctx)
+    cms = resource_type("v1 configmaps")
+
+    def cm(name, uid, owners=(), **meta):
+        return {"metadata": dict(name=name, namespace="n", uid=uid, ownerReferences=[
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": o, "uid": o, **extra}
+            for o, extra in owners], **meta)}
+
+    owner = cm("o", "o", finalizers=["foregroundDeletion"],
+               deletionTimestamp="2026-01-01T00:00:00Z")
+    gc._changed(cms, None, owner)
+    child = cm("c", "c", [("o", {"blockOwnerDeletion": True})])
+    gc._changed(cms, None, child)
+    assert gc.dependents == {"o": {"c"}}
+    assert [n.uid for n in gc.dependents_of("o")] == ["c"]
+
+    def drained() -> set:
+        async def take():
+            items = set()
+            while len(gc.queue):
+                item = await gc.queue.get()
+                gc.queue.done(item)
+                items.add(item)
+            return items
+        return asyncio.run(take())
+
+    assert drained() == {"o", "c"}
+    # The dependent stops blocking: the waiting owner is looked at again.
+    gc._changed(cms, child, cm("c", "c", [("o", {"blockOwnerDeletion": False})]))
+    assert drained() == {"o"}
+    # The owner goes: its dependents are queued, and the graph forgets it once they go.
+    gc._deleted(cms, owner)
+    assert drained() == {"c"}
+    gc._deleted(cms, cm("c", "c", [("o", {})]))
+    assert gc.dependents == {} and gc.nodes == {}
 
 
 def test_toleration_matching_and_seconds():
