@@ -18,6 +18,10 @@ Per sync of one unfinished Job:
   * spec.suspend: no active pods, condition Suspended.
 Counts come from the pods themselves: finished pods are kept (upstream's finalizer-based
 tracking for pods deleted before they are counted is not done).
+
+TTLAfterFinishedController ("ttl-after-finished") deletes finished Jobs
+ttlSecondsAfterFinished after their completion (or failure), dependents in the
+foreground, as upstream's pkg/controller/ttlafterfinished.
 """
 from __future__ import annotations
 
@@ -349,3 +353,64 @@ class JobController(QueueController):
         except ApiError as exc:
             if not is_not_found(exc):
                 raise
+
+
+def finished_at(job: Obj) -> float | None:
+    """When a finished Job finished: its Complete or Failed condition's transition."""
+    status = job.get("status") or {}
+    for kind in ("Complete", "Failed"):
+        condition = get_condition(status, kind)
+        if (condition or {}).get("status") == "True":
+            return parse_time(condition.get("lastTransitionTime")) or \
+                parse_time(status.get("completionTime"))
+    return None
+
+
+@register("ttl-after-finished")
+class TTLAfterFinishedController(QueueController):
+    queue_name = "ttl_jobs_to_delete"
+
+    def __init__(self, ctx: ControllerContext, clock=time.time):
+        super().__init__()
+        self.client = ctx.client
+        self.clock = clock
+        self.jobs = ctx.informers.informer(JOBS)
+        self.jobs.add_event_handler(on_add=self._maybe_enqueue,
+                                    on_update=lambda old, new: self._maybe_enqueue(new))
+
+    def _maybe_enqueue(self, job: Obj) -> None:
+        if (job.get("spec") or {}).get("ttlSecondsAfterFinished") is not None \
+                and is_finished(job) and not is_terminating(job):
+            self.enqueue(job)
+
+    async def sync(self, key: str) -> float | None:
+        namespace, name = split_key(key)
+        job = self.jobs.lister.get(name, namespace)
+        if job is None or is_terminating(job):
+            return None
+        ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+        done = finished_at(job)
+        if ttl is None or done is None:
+            return None
+        left = done + ttl - self.clock()
+        if left > 0:
+            return left
+        # Read it fresh: the TTL may have been changed or removed meanwhile.
+        try:
+            fresh = await self.client.get(JOBS, name, namespace)
+        except ApiError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        if (fresh.get("spec") or {}).get("ttlSecondsAfterFinished") != ttl:
+            self.enqueue(fresh)
+            return None
+        try:
+            await self.client.delete(JOBS, name, namespace, propagation_policy="Foreground",
+                                     preconditions={"uid": meta(job)["uid"],
+                                                    "resourceVersion": meta(fresh)[
+                                                        "resourceVersion"]})
+        except ApiError as exc:
+            if not is_not_found(exc) and exc.code != 409:
+                raise
+        return None

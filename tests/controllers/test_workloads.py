@@ -454,11 +454,12 @@ async def _job_condition(client: ApiClient, namespace: str, name: str, kind: str
 
 
 def test_job_completes_and_fails_with_backoff_limit(cluster):
-    from kubesmith.controllers.job import JobController
+    from kubesmith.controllers.job import JobController, TTLAfterFinishedController
     namespace = cluster.new_namespace("job-", default_service_account=True)
 
     async def main():
-        async with running(cluster, namespace, JobController) as env:
+        async with running(cluster, namespace, JobController,
+                           TTLAfterFinishedController) as env:
             client = env.client
             node = await make_node(client)
             job = await client.create("batch/v1 jobs", _job("work", completions=3,
@@ -515,13 +516,22 @@ def test_job_completes_and_fails_with_backoff_limit(cluster):
                                                              "Complete"))
             assert status["completedIndexes"] == "0-2"
 
-            # activeDeadlineSeconds.
-            await client.create("batch/v1 jobs", _job("slow", activeDeadlineSeconds=1),
-                                namespace)
+            # activeDeadlineSeconds; ttlSecondsAfterFinished then deletes the Job.
+            await client.create("batch/v1 jobs", _job("slow", activeDeadlineSeconds=1,
+                                                       ttlSecondsAfterFinished=1), namespace)
             status = await eventually(lambda: _job_condition(client, namespace, "slow",
                                                              "Failed"))
             assert [c for c in status["conditions"] if c["type"] == "Failed"][0]["reason"] \
                 == "DeadlineExceeded"
+
+            async def deleted():
+                try:
+                    job = await client.get("batch/v1 jobs", "slow", namespace)
+                except ApiError as exc:
+                    return is_not_found(exc)
+                # Foreground deletion waits for the garbage collector (not running here).
+                return bool(meta(job).get("deletionTimestamp"))
+            await eventually(deleted, timeout=15)
     run(main())
 
 

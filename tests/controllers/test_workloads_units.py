@@ -36,7 +36,8 @@ def test_registered_names_are_upstreams():
     import kubesmith.controllers.replicaset  # noqa: F401
     import kubesmith.controllers.statefulset  # noqa: F401
     assert {"replicaset", "replicationcontroller", "deployment", "daemonset", "statefulset",
-            "job", "cronjob", "endpoint", "endpointslice"} <= set(CONTROLLERS)
+            "job", "cronjob", "endpoint", "endpointslice", "ttl-after-finished"} \
+        <= set(CONTROLLERS)
 
 
 # --- cron -----------------------------------------------------------------------------
