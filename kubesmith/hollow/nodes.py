@@ -42,10 +42,12 @@ from kubesmith.client.leaderelection import micro_time
 from kubesmith.client.rest import (ApiClient, ApiError, is_already_exists, is_conflict,
                                    is_not_found)
 from kubesmith.client.workqueue import WorkQueue, run_workers
-from kubesmith.hollow.objects import (NodeSpec, PodIPs, address_slot, completion_after,
-                                      lease_manifest, node_conditions, node_labels,
-                                      node_manifest, node_status, rfc3339,
-                                      running_pod_status, terminated_pod_status)
+from kubesmith.hollow.objects import (NodeSpec, PodIPs, address_slot, admission_failure,
+                                      completion_after, lease_manifest, node_conditions,
+                                      node_labels, node_manifest, node_status, rfc3339,
+                                      rejected_pod_status, running_pod_status,
+                                      terminated_pod_status)
+from kubesmith.scheduler.resources import Resources, pod_requests, quantity_value
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class _Started:
     ip: str             # "" for hostNetwork pods (nothing to give back)
     at: float           # wall clock seconds
     at_text: str
+    requests: Resources = field(default_factory=Resources)
 
 
 class _Node:
@@ -96,6 +99,18 @@ class _Node:
         self.last_status = 0.0      # monotonic time of the last status post
         self.killed = False
         self.ranges: dict[str, PodIPs] = {}
+        self.allocatable = Resources.from_list(spec.resources())
+        self.pods_allowed = quantity_value(spec.pods)
+        self.used = Resources()         # what the pods admitted and not ended ask for
+        self.pods_used = 0
+
+    def admit(self, requests: Resources) -> None:
+        self.used.add(requests)
+        self.pods_used += 1
+
+    def free(self, requests: Resources) -> None:
+        self.used.add(requests, -1)
+        self.pods_used -= 1
 
     def pod_range(self, cidr: str | None) -> PodIPs:
         cidr = cidr or self.spec.fallback_pod_cidr
@@ -104,7 +119,7 @@ class _Node:
             found = self.ranges[cidr] = PodIPs(cidr)
         return found
 
-    def release(self, address: str) -> None:
+    def release_ip(self, address: str) -> None:
         for ips in self.ranges.values():
             if address in ips:
                 ips.release(address)
@@ -145,10 +160,12 @@ class HollowNodes:
         self.queue = WorkQueue(name="hollow-pods")
         self._started: dict[str, _Started] = {}     # pod uid -> what this process gave it
         self._finalised: set[str] = set()           # uids deleted for good by this process
+        self._rejected: set[str] = set()            # uids refused by admission
         self._tasks: list[asyncio.Task] = []
         # Figures for tests and benchmarks.
         self.counts = {"registered": 0, "lease_renewals": 0, "status_posts": 0,
-                       "pods_started": 0, "pods_completed": 0, "pods_deleted": 0}
+                       "pods_started": 0, "pods_completed": 0, "pods_deleted": 0,
+                       "pods_rejected": 0}
 
     # --- public -----------------------------------------------------------------------
 
@@ -354,13 +371,16 @@ class HollowNodes:
         if uid:
             self._release(uid)
             self._finalised.discard(uid)
+            self._rejected.discard(uid)
 
     def _release(self, uid: str) -> None:
+        """The pod's containers are gone: its address and resources are free."""
         started = self._started.pop(uid, None)
-        if started is not None and started.ip:
-            node = self._nodes.get(started.node)
-            if node is not None:
-                node.release(started.ip)
+        node = self._nodes.get(started.node) if started is not None else None
+        if node is not None:
+            node.free(started.requests)
+            if started.ip:
+                node.release_ip(started.ip)
 
     async def _sync_pod(self, key: str) -> float | None:
         """Bring one pod along; seconds until it must be looked at again, or None."""
@@ -378,6 +398,8 @@ class HollowNodes:
         if status.get("phase") in TERMINAL:
             self._release(uid)
             return None
+        if uid in self._rejected:
+            return None     # refused already; the Failed status is on its way
         started = self._started.get(uid)
         if started is None:
             started = self._adopt(pod, node) or await self._run(pod, node)
@@ -408,21 +430,30 @@ class HollowNodes:
                 if ip in ips:
                     ips.hold(ip)
         at_text = status.get("startTime") or rfc3339()
+        requests = pod_requests(pod.get("spec") or {})
         started = _Started(node.spec.name, "" if host_network else ip,
-                           _parse_time(at_text) or time.time(), at_text)
+                           _parse_time(at_text) or time.time(), at_text, requests)
+        node.admit(requests)
         self._started[_meta(pod).get("uid", "")] = started
         return started
 
     async def _run(self, pod: Obj, node: _Node) -> _Started | None:
         meta = _meta(pod)
         uid = meta.get("uid", "")
+        requests = pod_requests(pod.get("spec") or {})
+        refused = admission_failure(requests, node.used, node.pods_used, node.allocatable,
+                                    node.pods_allowed)
+        if refused is not None:
+            await self._reject(pod, *refused)
+            return None
         if (pod.get("spec") or {}).get("hostNetwork"):
             ip, given = node.spec.address, ""
         else:
             current = self.node_informer.lister.get(node.spec.name) or {}
             ip = given = node.pod_range((current.get("spec") or {}).get("podCIDR")).take()
         now = rfc3339()
-        started = _Started(node.spec.name, given, time.time(), now)
+        started = _Started(node.spec.name, given, time.time(), now, requests)
+        node.admit(requests)
         self._started[uid] = started
         body = {"metadata": {"uid": uid},
                 "status": running_pod_status(pod, ip, node.spec.address, now)}
@@ -439,6 +470,25 @@ class HollowNodes:
             raise
         self.counts["pods_started"] += 1
         return started
+
+    async def _reject(self, pod: Obj, reason: str, message: str) -> None:
+        meta = _meta(pod)
+        uid = meta.get("uid", "")
+        self._rejected.add(uid)
+        log.info("%s/%s rejected on %s: %s", meta["namespace"], meta["name"],
+                 (pod.get("spec") or {}).get("nodeName"), message)
+        try:
+            await self.client.patch("v1 pods", meta["name"], {
+                "metadata": {"uid": uid}, "status": rejected_pod_status(reason, message)},
+                meta["namespace"], patch_type="strategic", subresource="status")
+        except ApiError as exc:
+            if not (is_not_found(exc) or is_conflict(exc)):
+                self._rejected.discard(uid)
+                raise
+        except BaseException:
+            self._rejected.discard(uid)
+            raise
+        self.counts["pods_rejected"] += 1
 
     async def _end(self, pod: Obj, succeeded: bool, started: _Started) -> None:
         meta = _meta(pod)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from kubesmith.scheduler.resources import Resources
+
 Obj = dict[str, Any]
 
 HOLLOW_LABEL = "type"               # kwok/kubemark mark their nodes with type=<kind>
@@ -297,6 +299,31 @@ class PodIPs:
             return ipaddress.ip_address(address) in self.network
         except ValueError:
             return False
+
+
+def admission_failure(requested: Resources, used: Resources, pods_used: int,
+                      allocatable: Resources, pods_allowed: int) -> tuple[str, str] | None:
+    """(reason, message) when the kubelet would reject a pod that asks `requested` of a
+    node whose admitted pods use `used` (as upstream's NodeResourcesFit, which the
+    kubelet's admission runs): the first resource short, in upstream's order."""
+    checks = [("pods", 1, pods_used, pods_allowed),
+              ("cpu", requested.milli_cpu, used.milli_cpu, allocatable.milli_cpu),
+              ("memory", requested.memory, used.memory, allocatable.memory),
+              ("ephemeral-storage", requested.ephemeral, used.ephemeral,
+               allocatable.ephemeral)]
+    checks += [(name, amount, used.scalars.get(name, 0), allocatable.scalars.get(name, 0))
+               for name, amount in sorted(requested.scalars.items())]
+    for name, amount, in_use, capacity in checks:
+        if amount and in_use + amount > capacity:
+            return (f"OutOf{name}", f"Pod was rejected: Node didn't have enough resource: "
+                                    f"{name}, requested: {amount}, used: {in_use}, "
+                                    f"capacity: {capacity}")
+    return None
+
+
+def rejected_pod_status(reason: str, message: str) -> Obj:
+    """The status of a pod the kubelet's admission refused."""
+    return {"phase": "Failed", "reason": reason, "message": message}
 
 
 def completion_after(pod: Obj) -> tuple[float, bool] | None:

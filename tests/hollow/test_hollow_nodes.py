@@ -218,6 +218,44 @@ def test_pods_run_to_completion(cluster, connect):
     asyncio.run(main())
 
 
+def test_pods_that_do_not_fit_are_rejected(cluster, connect):
+    namespace = cluster.new_namespace("hollow-", default_service_account=True)
+
+    async def main():
+        async with connect() as client:
+            nodes = HollowNodes(client, HollowConfig(count=1, name_prefix=prefix(), cpu="1",
+                                                     pods="2"))
+            await nodes.start(timeout=30)
+            try:
+                node = nodes.names[0]
+                big = pod_manifest("big")
+                big["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "2"}}
+                await client.create("v1 pods", big, namespace)
+                await bind(client, namespace, "big", node)
+                for name in ("a", "b"):
+                    await create_bound(client, namespace, name, node)
+                    await eventually(lambda: running(client, namespace, name), timeout=15)
+                await create_bound(client, namespace, "c", node)
+
+                async def failed(name):
+                    pod = await client.get("v1 pods", name, namespace)
+                    return pod if pod["status"].get("phase") == "Failed" else None
+                refused = await eventually(lambda: failed("big"), timeout=15)
+                assert refused["status"]["reason"] == "OutOfcpu"
+                assert "requested: 2000, used: 0, capacity: 1000" in refused["status"][
+                    "message"]
+                third = await eventually(lambda: failed("c"), timeout=15)
+                assert third["status"]["reason"] == "OutOfpods"
+                # A pod that ends gives its place back.
+                await client.delete("v1 pods", "a", namespace)
+                await eventually(lambda: gone(client, namespace, "a"), timeout=15)
+                await create_bound(client, namespace, "d", node)
+                await eventually(lambda: running(client, namespace, "d"), timeout=15)
+            finally:
+                await nodes.stop()
+    asyncio.run(main())
+
+
 def test_many_pods_and_a_restart_that_adopts_them(cluster, connect):
     namespace = cluster.new_namespace("hollow-", default_service_account=True)
     count = 60

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from kubesmith.scheduler.resources import Resources
+
 from kubesmith.hollow.objects import (FAIL_AFTER, SUCCEED_AFTER, NodeSpec, PodIPs,
-                                      address_slot, completion_after, lease_manifest, node_conditions,
+                                      address_slot, admission_failure, completion_after, lease_manifest, node_conditions,
                                       node_manifest, parse_duration, parse_labels,
                                       parse_taints,
                                       running_pod_status, terminated_pod_status)
@@ -169,3 +171,22 @@ def test_terminated_status():
                                    exit_code=143)
     assert failed["phase"] == "Failed"
     assert failed["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 143
+
+
+def test_admission_like_the_kubelet():
+    allocatable = Resources.from_list({"cpu": "4", "memory": "16Gi",
+                                       "example.com/gpu": "1"})
+    small = Resources.from_list({"cpu": "500m", "memory": "1Gi"})
+    assert admission_failure(small, Resources(), 0, allocatable, 110) is None
+    assert admission_failure(Resources(), Resources(), 110, allocatable, 110) == (
+        "OutOfpods", "Pod was rejected: Node didn't have enough resource: pods, "
+                     "requested: 1, used: 110, capacity: 110")
+    used = Resources.from_list({"cpu": "3800m"})
+    reason, message = admission_failure(small, used, 5, allocatable, 110)
+    assert reason == "OutOfcpu"
+    assert message.endswith("cpu, requested: 500, used: 3800, capacity: 4000")
+    big = Resources.from_list({"memory": "17Gi"})
+    assert admission_failure(big, Resources(), 0, allocatable, 110)[0] == "OutOfmemory"
+    gpus = Resources.from_list({"example.com/gpu": "2"})
+    assert admission_failure(gpus, Resources(), 0, allocatable, 110)[0] == \
+        "OutOfexample.com/gpu"
