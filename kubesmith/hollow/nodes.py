@@ -13,8 +13,10 @@ What each node does, as a kubelet would:
     leaseDurationSeconds 40, owned by the Node); patches its conditions' heartbeat every
     `status_interval` seconds, and at once when the cluster shows them otherwise (the
     node lifecycle controller set Ready Unknown, say);
-  * starts the pods bound to it: one status patch makes them Running and Ready with an
-    IP from the node's spec.podCIDR (a fallback /24 per node until node-ipam sets one);
+  * admits the pods bound to it as the kubelet does (a pod that does not fit the
+    node's pods, cpu, memory or extended resources fails with OutOf<resource>), and
+    starts the others: one status patch makes them Running and Ready with an IP from
+    the node's spec.podCIDR (a fallback /24 per node until node-ipam sets one);
   * ends pods annotated hollow.kubesmith.io/succeed-after (or fail-after) that long
     after they started, when their restartPolicy lets them end;
   * finalises pods being deleted: their containers stop (terminal status) and the pod
