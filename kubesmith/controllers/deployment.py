@@ -15,7 +15,8 @@ As upstream's pkg/controller/deployment:
     max-replicas on the sets, the Deployment's own annotations copied to the sets (so
     kubernetes.io/change-cause shows in `kubectl rollout history`);
   * old sets scaled to 0 beyond revisionHistoryLimit are deleted once a rollout is done;
-  * spec.paused: no new set and no rollout, status only;
+  * spec.paused, or spec.replicas changed mid-rollout: no rollout step, the active sets
+    are scaled in proportion to their sizes (upstream's sync()/scale());
   * status counts and the Progressing / Available conditions with upstream's reasons,
     and a re-check when progressDeadlineSeconds would run out.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from typing import Any
 
@@ -109,6 +111,11 @@ def _available(rs: Obj | None) -> int:
     """Available pods of a set that it keeps: a set just scaled down reports pods it
     is deleting until its controller looks again, and those must not count."""
     return min(_status(rs, "availableReplicas"), replicas_of(rs))
+
+
+def _negate_time(rs: Obj) -> float:
+    """Newer first when sorted ascending."""
+    return -(parse_time(meta(rs).get("creationTimestamp")) or 0)
 
 
 def fenceposts(d: Obj) -> tuple[int, int]:
@@ -263,8 +270,8 @@ class DeploymentController(QueueController):
         if is_terminating(d):
             await self._sync_status(d, rss, None)
             return None
-        if spec.get("paused"):
-            return await self._sync_paused(d, rss)
+        if spec.get("paused") or self._is_scaling_event(d, rss):
+            return await self._sync_scale(d, rss)
         if is_rolling(d):
             return await self._rolling(d, rss)
         return await self._recreate(d, rss)
@@ -492,12 +499,93 @@ class DeploymentController(QueueController):
                 return True
         return False
 
-    async def _sync_paused(self, d: Obj, rss: list[Obj]) -> float | None:
+    @staticmethod
+    def _is_scaling_event(d: Obj, rss: list[Obj]) -> bool:
+        """spec.replicas changed since the active sets were last scaled for it."""
+        wanted = str((d.get("spec") or {}).get("replicas", 1))
+        return any((meta(rs).get("annotations") or {}).get(DESIRED_REPLICAS, wanted) != wanted
+                   for rs in rss if replicas_of(rs) > 0)
+
+    async def _sync_scale(self, d: Obj, rss: list[Obj]) -> float | None:
+        """Upstream's sync(): a paused Deployment, or a new spec.replicas mid-rollout,
+        is only scaled — proportionally over its active sets — never rolled."""
         new_rs, old_rss = await self._get_all(d, rss, create=False)
-        if new_rs is not None and not any(replicas_of(rs) for rs in old_rss):
-            _, new_rs = await self._scale(d, new_rs, d["spec"].get("replicas", 1))
+        scaled = await self._scale_proportionally(d, new_rs, old_rss)
+        new_rs, old_rss = self._split(d, [scaled.get(meta(rs)["uid"], rs) for rs in rss])
         all_rss = old_rss + ([new_rs] if new_rs else [])
+        if (d.get("spec") or {}).get("paused"):
+            await self._cleanup(d, old_rss)
         return await self._sync_status(d, all_rss, new_rs)
+
+    async def _scale_proportionally(self, d: Obj, new_rs: Obj | None,
+                                    old_rss: list[Obj]) -> dict[str, Obj]:
+        """Upstream's scale(): one active set takes spec.replicas; otherwise the
+        replicas to add or take away are shared out in proportion to the sets' sizes.
+        The sets scaled, by uid, as they are now."""
+        scaled: dict[str, Obj] = {}
+        replicas = (d.get("spec") or {}).get("replicas", 1)
+        everything = old_rss + ([new_rs] if new_rs else [])
+        active = [rs for rs in everything if replicas_of(rs) > 0]
+        target: Obj | None = None
+        if len(active) == 1:
+            target = active[0]
+        elif not active:
+            target = new_rs or (max(old_rss, key=lambda rs: meta(rs).get("creationTimestamp")
+                                    or "") if old_rss else None)
+        if target is not None or not active:
+            if target is not None and replicas_of(target) != replicas:
+                _, scaled[meta(target)["uid"]] = await self._scale(d, target, replicas)
+            return scaled
+        if new_rs is not None and replicas_of(new_rs) == replicas \
+                and _status(new_rs, "availableReplicas") == replicas:
+            for rs in old_rss:     # the new set is saturated: the old ones go
+                if replicas_of(rs) > 0:
+                    _, scaled[meta(rs)["uid"]] = await self._scale(d, rs, 0)
+            return scaled
+        if not is_rolling(d):
+            return scaled
+        surge = fenceposts(d)[0]
+        allowed = replicas + surge if replicas > 0 else 0
+        to_add = allowed - sum(replicas_of(rs) for rs in active)
+        if to_add == 0:
+            return scaled
+        # Largest first; among equals the newest when adding, the oldest when removing.
+        active.sort(key=lambda rs: (-replicas_of(rs),
+                                    _negate_time(rs) if to_add > 0 else -_negate_time(rs)))
+        sizes: dict[str, int] = {}
+        added = 0
+        for rs in active:
+            share = self._proportion(d, rs, to_add, added, surge)
+            sizes[meta(rs)["uid"]] = replicas_of(rs) + share
+            added += share
+        if active:
+            first = meta(active[0])["uid"]
+            sizes[first] += to_add - added
+        for rs in active:
+            size = max(sizes[meta(rs)["uid"]], 0)
+            if size != replicas_of(rs):
+                _, scaled[meta(rs)["uid"]] = await self._scale(d, rs, size)
+        return scaled
+
+    @staticmethod
+    def _proportion(d: Obj, rs: Obj, to_add: int, added: int, surge: int) -> int:
+        """Upstream's getProportion / getReplicaSetFraction."""
+        if replicas_of(rs) == 0 or to_add == 0 or to_add == added:
+            return 0
+        replicas = (d.get("spec") or {}).get("replicas", 1)
+        if replicas == 0:
+            fraction = -replicas_of(rs)
+        else:
+            try:
+                annotated = int((meta(rs).get("annotations") or {}).get(MAX_REPLICAS, ""))
+            except ValueError:
+                annotated = (d.get("status") or {}).get("replicas", 0) or 0
+            if annotated <= 0:
+                annotated = max((d.get("status") or {}).get("replicas", 0) or 0, 1)
+            size = replicas_of(rs) * (replicas + surge) / annotated
+            fraction = int(math.floor(size + 0.5)) - replicas_of(rs)   # Go's math.Round
+        allowed = to_add - added
+        return min(fraction, allowed) if to_add > 0 else max(fraction, allowed)
 
     async def _cleanup(self, d: Obj, old_rss: list[Obj]) -> None:
         """Delete the oldest sets scaled to 0 beyond revisionHistoryLimit."""

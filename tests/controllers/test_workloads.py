@@ -916,3 +916,40 @@ def test_deployment_progress_deadline_and_min_ready_seconds(cluster):
                                                 namespace, availableReplicas=1), timeout=15)
             assert time.monotonic() - ready_at >= 1.0
     run(main())
+
+
+def test_deployment_scaled_mid_rollout_proportionally(cluster):
+    from kubesmith.controllers.deployment import DeploymentController
+    from kubesmith.controllers.replicaset import ReplicaSetController
+    namespace = cluster.new_namespace("proportional-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, DeploymentController,
+                           ReplicaSetController) as env:
+            client = env.client
+            node = await make_node(client)
+            body = _deployment("web", 4, "img:1", {"type": "RollingUpdate", "rollingUpdate": {
+                "maxSurge": 1, "maxUnavailable": 0}})
+            await client.create("apps/v1 deployments", body, namespace)
+            await eventually(lambda: _count(client, namespace, "app=web", 4))
+            await start_all(client, namespace, node, "app=web")
+            await eventually(lambda: _deployment_done(client, namespace, "web", 4))
+            # A rollout that cannot go on (the new pod never gets ready): old 4, new 1.
+            await client.patch("apps/v1 deployments", "web", {"spec": {"template": {
+                "spec": {"containers": [container("img:2")]}}}}, namespace)
+
+            async def sizes(wanted: list[int]):
+                rss = (await client.list("apps/v1 replicasets", namespace))["items"]
+                found = sorted((rs["spec"]["template"]["spec"]["containers"][0]["image"],
+                                rs["spec"]["replicas"]) for rs in rss)
+                return found if [n for _, n in found] == wanted else None
+            await eventually(lambda: sizes([4, 1]))
+            # Scaled to 8 (9 with the surge): the 4 extra shared 3 old + 1 new, as upstream.
+            await client.patch("apps/v1 deployments", "web", {"spec": {"replicas": 8}},
+                               namespace)
+            found = await eventually(lambda: sizes([7, 2]))
+            assert found == [("img:1", 7), ("img:2", 2)]
+            rss = (await client.list("apps/v1 replicasets", namespace))["items"]
+            assert {rs["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"]
+                    for rs in rss} == {"8"}
+    run(main())
