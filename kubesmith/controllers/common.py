@@ -332,10 +332,12 @@ def set_condition(status: Obj, condition: Obj) -> None:
     status["conditions"] = conditions
 
 
-def status_patch(status: Obj) -> Obj:
-    """A merge patch of a status that drops the fields upstream leaves out when zero."""
-    return {"status": {k: (None if v in (0, None, [], {}) and k != "observedGeneration"
-                           else v) for k, v in status.items()}}
+def status_patch(status: Obj, required: Iterable[str] = ()) -> Obj:
+    """A merge patch of a status that drops the fields upstream leaves out when zero
+    (omitempty); `required` ones are written even then."""
+    keep = set(required) | {"observedGeneration"}
+    return {"status": {k: (None if v in (0, None, [], {}) and k not in keep else v)
+                       for k, v in status.items()}}
 
 
 # --- the controller skeleton ----------------------------------------------------------

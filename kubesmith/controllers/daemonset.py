@@ -371,11 +371,10 @@ class DaemonSetController(QueueController):
         current = ds.get("status") or {}
         if all((current.get(k) or 0) == v for k, v in status.items()):
             return
-        # Upstream writes the four required counts even when they are 0.
-        patch = status_patch(status)
-        for field in ("currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled",
-                      "numberReady"):
-            patch["status"][field] = status[field]
+        # The four counts upstream requires are written even when they are 0.
+        patch = status_patch(status, required=(
+            "currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled",
+            "numberReady"))
         try:
             await self.client.patch(DAEMONSETS, meta(ds)["name"], patch, meta(ds)["namespace"],
                                     subresource="status")

@@ -241,7 +241,8 @@ class ReplicaManager(QueueController):
         if all((status.get(k) or 0) == v for k, v in new.items()):
             return
         try:
-            await self.client.patch(self.resource, meta(owner)["name"], status_patch(new),
+            await self.client.patch(self.resource, meta(owner)["name"],
+                                    status_patch(new, required=("replicas",)),
                                     meta(owner)["namespace"], subresource="status")
         except ApiError as exc:
             if not is_not_found(exc):

@@ -95,8 +95,10 @@ class StatefulSetController(QueueController):
         revisions = owned_revisions(self.revisions.lister, sts)
         update_hash, _ = await ensure_revision(self.client, sts, revisions,
                                                template_patch(template))
-        pods = await claim(self.client, "v1 pods", sts, spec.get("selector"),
-                           self.pods.lister.list(namespace))
+        # Only pods named as its members are the set's to adopt (upstream's isMemberOf).
+        members = [p for p in self.pods.lister.list(namespace)
+                   if ordinal_of(name, p) is not None]
+        pods = await claim(self.client, "v1 pods", sts, spec.get("selector"), members)
         by_ordinal: dict[int, Obj] = {}
         for pod in pods:
             ordinal = ordinal_of(name, pod)
@@ -257,9 +259,7 @@ class StatefulSetController(QueueController):
                   "collisionCount": old.get("collisionCount") or 0}
         if all((old.get(k) or 0) == (v or 0) for k, v in status.items()):
             return
-        patch = status_patch(status)
-        patch["status"]["replicas"] = status["replicas"]
-        patch["status"]["availableReplicas"] = status["availableReplicas"]
+        patch = status_patch(status, required=("replicas", "availableReplicas"))
         try:
             await self.client.patch(STATEFULSETS, name, patch, meta(sts)["namespace"],
                                     subresource="status")
