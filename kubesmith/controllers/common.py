@@ -456,10 +456,16 @@ async def ensure_revision(client: ApiClient, owner: Obj, revisions: list[Obj],
     """The ControllerRevision of `owner` holding `data` (its pod template patch), made
     with the next revision number when none does; (hash, revision). `revisions` are
     the owner's existing ones."""
+    highest = max((int(r.get("revision") or 0) for r in revisions), default=0)
     for revision in revisions:
         if revision.get("data") == data:
+            if int(revision.get("revision") or 0) < highest:
+                # An old template back (a rollback): it becomes the newest revision.
+                revision = await client.patch(REVISIONS, meta(revision)["name"],
+                                              {"revision": highest + 1},
+                                              meta(revision)["namespace"])
             return (meta(revision).get("labels") or {}).get(REVISION_HASH_LABEL, ""), revision
-    number = max((int(r.get("revision") or 0) for r in revisions), default=0) + 1
+    number = highest + 1
     collisions = ((owner.get("status") or {}).get("collisionCount")) or None
     digest = compute_hash(data, collisions)
     template_labels = (((owner.get("spec") or {}).get("template") or {}).get("metadata")

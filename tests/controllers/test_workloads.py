@@ -720,6 +720,15 @@ def test_daemonset_one_pod_per_eligible_node(cluster):
             history = (await in_thread(cluster.kubectl, "-n", namespace, "rollout", "history",
                                        "daemonset/agent")).stdout
             assert "1 " in history and "2 " in history, history
+            # kubectl rollout undo applies revision 1's template: it becomes revision 3.
+            await in_thread(cluster.kubectl, "-n", namespace, "rollout", "undo",
+                            "daemonset/agent")
+
+            async def renumbered():
+                revisions = (await client.list("apps/v1 controllerrevisions",
+                                               namespace))["items"]
+                return sorted(r["revision"] for r in revisions) == [2, 3]
+            await eventually(renumbered)
     run(main())
 
 
