@@ -332,12 +332,20 @@ def set_condition(status: Obj, condition: Obj) -> None:
     status["conditions"] = conditions
 
 
-def status_patch(status: Obj, required: Iterable[str] = ()) -> Obj:
-    """A merge patch of a status that drops the fields upstream leaves out when zero
-    (omitempty); `required` ones are written even then."""
+async def write_status(client: ApiClient, resource: str, obj: Obj, fields: Obj,
+                       required: Iterable[str] = ()) -> Obj:
+    """PUT obj's status subresource with `fields` set (upstream's UpdateStatus: what
+    upstream's controller roles allow, and conditional on the resourceVersion read).
+    Fields upstream leaves out when zero (omitempty) are dropped; `required` ones are
+    written even then."""
     keep = set(required) | {"observedGeneration"}
-    return {"status": {k: (None if v in (0, None, [], {}) and k not in keep else v)
-                       for k, v in status.items()}}
+    status = dict(obj.get("status") or {})
+    for key, value in fields.items():
+        if value in (0, None, [], {}) and key not in keep:
+            status.pop(key, None)
+        else:
+            status[key] = value
+    return await client.update_status(resource, dict(obj, status=status))
 
 
 # --- the controller skeleton ----------------------------------------------------------

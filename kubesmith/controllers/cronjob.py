@@ -37,6 +37,7 @@ from kubesmith.controllers.common import (
     owner_reference,
     parse_time,
     unwrap,
+    write_status,
 )
 from kubesmith.controllers.context import ControllerContext
 
@@ -224,11 +225,10 @@ class CronJobController(QueueController):
             requeue = await self._maybe_start(cronjob, jobs, status)
             await self._cleanup(cronjob, jobs)
         if status != old_status:
-            patch = {"status": {"active": status.get("active") or None,
-                                "lastScheduleTime": status.get("lastScheduleTime"),
-                                "lastSuccessfulTime": status.get("lastSuccessfulTime")}}
             try:
-                await self.client.patch(CRONJOBS, name, patch, namespace, subresource="status")
+                await write_status(self.client, CRONJOBS, cronjob, {
+                    key: status.get(key) for key in ("active", "lastScheduleTime",
+                                                     "lastSuccessfulTime")})
             except ApiError as exc:
                 if not is_not_found(exc):
                     raise

@@ -40,7 +40,7 @@ from kubesmith.controllers.common import (
     pod_phase,
     resolve_int_or_percent,
     slow_start_batches,
-    status_patch,
+    write_status,
     template_patch,
     unwrap,
 )
@@ -372,12 +372,10 @@ class DaemonSetController(QueueController):
         if all((current.get(k) or 0) == v for k, v in status.items()):
             return
         # The four counts upstream requires are written even when they are 0.
-        patch = status_patch(status, required=(
-            "currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled",
-            "numberReady"))
         try:
-            await self.client.patch(DAEMONSETS, meta(ds)["name"], patch, meta(ds)["namespace"],
-                                    subresource="status")
+            await write_status(self.client, DAEMONSETS, ds, status, required=(
+                "currentNumberScheduled", "numberMisscheduled", "desiredNumberScheduled",
+                "numberReady"))
         except ApiError as exc:
             if not is_not_found(exc):
                 raise

@@ -48,7 +48,7 @@ from kubesmith.controllers.common import (
     pod_phase,
     resolve_int_or_percent,
     set_condition,
-    status_patch,
+    write_status,
     unwrap,
 )
 from kubesmith.controllers.context import ControllerContext
@@ -331,9 +331,10 @@ class DeploymentController(QueueController):
     async def _set_revision(self, d: Obj, revision: int) -> None:
         if revision_of(d) == revision or not revision:
             return
-        updated = await self.client.patch(
-            DEPLOYMENTS, meta(d)["name"], {"metadata": {"annotations": {REVISION: str(revision)}}},
-            meta(d)["namespace"])
+        # An update, not a patch: what upstream's deployment-controller role allows.
+        annotations = dict(meta(d).get("annotations") or {}, **{REVISION: str(revision)})
+        body = dict(d, metadata=dict(d["metadata"], annotations=annotations))
+        updated = await self.client.update(DEPLOYMENTS, body, meta(d)["namespace"])
         d["metadata"] = updated.get("metadata", d["metadata"])
 
     async def _create_rs(self, d: Obj, rss: list[Obj], old_rss: list[Obj],
@@ -369,9 +370,8 @@ class DeploymentController(QueueController):
                     (existing.get("spec") or {}).get("template"), spec.get("template")):
                 return existing    # made by an earlier sync the cache has not shown yet
             # Another template has this hash: count the collision and try another name.
-            await self.client.patch(DEPLOYMENTS, meta(d)["name"],
-                                    {"status": {"collisionCount": (collisions or 0) + 1}},
-                                    meta(d)["namespace"], subresource="status")
+            await write_status(self.client, DEPLOYMENTS, d,
+                               {"collisionCount": (collisions or 0) + 1})
             raise
         if replicas > 0:
             self.recorder.emit(d, "Normal", "ScalingReplicaSet",
@@ -665,8 +665,7 @@ class DeploymentController(QueueController):
                                                 "ProgressDeadlineExceeded", message))
         old = d.get("status") or {}
         if _comparable(old) != _comparable(status):
-            await self.client.patch(DEPLOYMENTS, meta(d)["name"], status_patch(status),
-                                    meta(d)["namespace"], subresource="status")
+            await write_status(self.client, DEPLOYMENTS, d, status)
         if deadline is not None and not spec.get("paused") \
                 and not deployment_complete(d, status):
             progressing = get_condition(status, "Progressing")

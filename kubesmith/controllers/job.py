@@ -51,7 +51,7 @@ from kubesmith.controllers.common import (
     pod_phase,
     set_condition,
     slow_start_batches,
-    status_patch,
+    write_status,
     unwrap,
 )
 from kubesmith.controllers.context import ControllerContext
@@ -348,8 +348,7 @@ class JobController(QueueController):
         if comparable(old) == comparable(new):
             return
         try:
-            await self.client.patch(JOBS, meta(job)["name"], status_patch(new),
-                                    meta(job)["namespace"], subresource="status")
+            await write_status(self.client, JOBS, job, new)
         except ApiError as exc:
             if not is_not_found(exc):
                 raise

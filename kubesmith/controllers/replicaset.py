@@ -36,7 +36,7 @@ from kubesmith.controllers.common import (
     meta,
     pod_from_template,
     slow_start_batches,
-    status_patch,
+    write_status,
     unwrap,
 )
 from kubesmith.controllers.context import ControllerContext
@@ -241,9 +241,7 @@ class ReplicaManager(QueueController):
         if all((status.get(k) or 0) == v for k, v in new.items()):
             return
         try:
-            await self.client.patch(self.resource, meta(owner)["name"],
-                                    status_patch(new, required=("replicas",)),
-                                    meta(owner)["namespace"], subresource="status")
+            await write_status(self.client, self.resource, owner, new, required=("replicas",))
         except ApiError as exc:
             if not is_not_found(exc):
                 raise

@@ -40,7 +40,7 @@ from kubesmith.controllers.common import (
     owned_revisions,
     pod_from_template,
     pod_phase,
-    status_patch,
+    write_status,
     template_patch,
     unwrap,
 )
@@ -259,10 +259,9 @@ class StatefulSetController(QueueController):
                   "collisionCount": old.get("collisionCount") or 0}
         if all((old.get(k) or 0) == (v or 0) for k, v in status.items()):
             return
-        patch = status_patch(status, required=("replicas", "availableReplicas"))
         try:
-            await self.client.patch(STATEFULSETS, name, patch, meta(sts)["namespace"],
-                                    subresource="status")
+            await write_status(self.client, STATEFULSETS, sts, status,
+                               required=("replicas", "availableReplicas"))
         except ApiError as exc:
             if not is_not_found(exc):
                 raise
