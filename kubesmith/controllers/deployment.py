@@ -48,8 +48,8 @@ from kubesmith.controllers.common import (
     pod_phase,
     resolve_int_or_percent,
     set_condition,
-    write_status,
     unwrap,
+    write_status,
 )
 from kubesmith.controllers.context import ControllerContext
 

@@ -51,8 +51,8 @@ from kubesmith.controllers.common import (
     pod_phase,
     set_condition,
     slow_start_batches,
-    write_status,
     unwrap,
+    write_status,
 )
 from kubesmith.controllers.context import ControllerContext
 

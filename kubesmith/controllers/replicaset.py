@@ -7,8 +7,9 @@ with a map selector). Per sync of one set:
   * when expectations are met, create the missing pods in slow-start batches
     (1, 2, 4, ...; at most 500 a sync) or delete the surplus, the pods upstream's
     ActivePods order puts first (unscheduled, pending, not ready, newest);
-  * patch status: replicas, fullyLabeledReplicas, readyReplicas, availableReplicas
-    (ready for minReadySeconds), observedGeneration.
+  * write status: replicas, fullyLabeledReplicas, readyReplicas, availableReplicas
+    (ready for minReadySeconds), observedGeneration, and the ReplicaFailure condition
+    while pods cannot be created or deleted (a quota, say).
 Pods carry what the template says and nothing more: pod-template-hash comes from the
 Deployment controller through the template.
 """
@@ -28,16 +29,18 @@ from kubesmith.controllers.common import (
     claim,
     controller_of,
     deletion_rank,
+    get_condition,
     is_pod_active,
     is_pod_available,
     is_pod_ready,
     is_terminating,
     label_match,
     meta,
+    now_rfc3339,
     pod_from_template,
     slow_start_batches,
-    write_status,
     unwrap,
+    write_status,
 )
 from kubesmith.controllers.context import ControllerContext
 
@@ -152,7 +155,7 @@ class ReplicaManager(QueueController):
                 pods = [p for p in pods if p not in deleted]
             except (ApiError, ConnectionError) as exc:
                 error = exc
-        await self._update_status(owner, pods)
+        await self._update_status(owner, pods, error)
         if error is not None:
             raise error
         spec = owner.get("spec") or {}
@@ -224,7 +227,8 @@ class ReplicaManager(QueueController):
             if isinstance(result, BaseException):
                 raise result
 
-    async def _update_status(self, owner: Obj, pods: list[Obj]) -> None:
+    async def _update_status(self, owner: Obj, pods: list[Obj],
+                             error: Exception | None = None) -> None:
         spec = owner.get("spec") or {}
         minimum = spec.get("minReadySeconds") or 0
         template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
@@ -238,7 +242,20 @@ class ReplicaManager(QueueController):
             "availableReplicas": sum(1 for p in pods if is_pod_available(p, minimum)),
             "observedGeneration": meta(owner).get("generation", 0),
         }
-        if all((status.get(k) or 0) == v for k, v in new.items()):
+        # Upstream's ReplicaFailure condition: pods could not be made (or deleted).
+        conditions = [c for c in status.get("conditions") or []
+                      if c.get("type") != "ReplicaFailure"]
+        if error is not None:
+            reason = "FailedCreate" if len(pods) < spec.get("replicas", 1) else "FailedDelete"
+            failure = get_condition(status, "ReplicaFailure")
+            conditions.append({
+                "type": "ReplicaFailure", "status": "True", "reason": reason,
+                "message": getattr(error, "message", "") or str(error),
+                "lastTransitionTime": (failure or {}).get("lastTransitionTime")
+                or now_rfc3339()})
+        new["conditions"] = conditions
+        if all((status.get(k) or 0) == v for k, v in new.items() if k != "conditions") \
+                and (status.get("conditions") or []) == conditions:
             return
         try:
             await write_status(self.client, self.resource, owner, new, required=("replicas",))

@@ -243,7 +243,29 @@ def test_replicationcontroller(cluster):
             assert meta(pods[0])["ownerReferences"][0]["kind"] == "ReplicationController"
             await eventually(lambda: _status_is(client, "v1 replicationcontrollers", "rc",
                                                 namespace, replicas=2))
+            # A quota that refuses more pods: the ReplicaFailure condition says so.
+            await client.create("v1 resourcequotas", {
+                "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods"},
+                "spec": {"hard": {"pods": "2"}}}, namespace)
+            await asyncio.sleep(0.5)
+            await client.patch("v1 replicationcontrollers", "rc", {"spec": {"replicas": 3}},
+                               namespace)
+
+            async def failure():
+                status = await get_status(client, "v1 replicationcontrollers", "rc", namespace)
+                return [c for c in status.get("conditions") or []
+                        if c["type"] == "ReplicaFailure"]
+            [condition] = await eventually(failure)
+            assert condition["reason"] == "FailedCreate" and condition["status"] == "True"
+            assert "quota" in condition["message"].lower()
+            await client.patch("v1 replicationcontrollers", "rc", {"spec": {"replicas": 2}},
+                               namespace)
+            await eventually(lambda: _not(failure))
     run(main())
+
+
+async def _not(check):
+    return not await check()
 
 
 async def _count(client: ApiClient, namespace: str, selector: str, n: int) -> list[Obj] | None:
