@@ -4,7 +4,9 @@ by kubectl, its Service's Endpoints and EndpointSlice, and the garbage collector
 removing its ReplicaSet and pods after it."""
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 import uuid
 
@@ -33,11 +35,45 @@ def _start(cluster, pod: dict, node: str, ip: str) -> None:
     assert answer.status == 200, answer.body
 
 
-def test_deployment_service_and_cleanup_through_the_manager(cluster, namespace):
+@contextlib.contextmanager
+def healthy_node(cluster):
+    """A node whose "kubelet" posts Ready with a fresh heartbeat every second, so the
+    node lifecycle controller leaves it (and its pods' readiness) alone."""
     node = f"wl-{uuid.uuid4().hex[:6]}"
     answer = cluster.request("POST", "/api/v1/nodes", {
         "apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
     assert answer.status == 201, answer.body
+    stop = threading.Event()
+
+    def heartbeat():
+        while True:
+            answer = cluster.request("GET", f"/api/v1/nodes/{node}")
+            if answer.status == 200:
+                body = answer.json()
+                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                body["status"] = dict(body.get("status") or {}, conditions=[{
+                    "type": "Ready", "status": "True", "reason": "KubeletReady",
+                    "message": "kubelet is posting ready status",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now}])
+                cluster.request("PUT", f"/api/v1/nodes/{node}/status", body)
+            if stop.wait(1.0):
+                return
+
+    heartbeat_thread = threading.Thread(target=heartbeat, daemon=True)
+    heartbeat_thread.start()
+    try:
+        yield node
+    finally:
+        stop.set()
+        heartbeat_thread.join(10)
+
+
+def test_deployment_service_and_cleanup_through_the_manager(cluster, namespace):
+    with healthy_node(cluster) as node:
+        _deployment_service_and_cleanup(cluster, namespace, node)
+
+
+def _deployment_service_and_cleanup(cluster, namespace: str, node: str) -> None:
     manifest = {"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
          "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
