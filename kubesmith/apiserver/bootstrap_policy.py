@@ -3,6 +3,10 @@
 Roles carry upstream's bootstrapping label and autoupdate annotation. admin, edit and
 view are aggregated roles: their rules are the union of the system:aggregate-to-* roles,
 filled in here (later the aggregation controller keeps them up to date).
+
+Each controller of kube-controller-manager has a ClusterRole system:controller:<account>
+bound to ServiceAccount kube-system/<account>: with --use-service-account-credentials the
+manager itself only lists and watches, and each controller writes as its own account.
 """
 from __future__ import annotations
 
@@ -199,6 +203,171 @@ def _binding(name: str, role: str, subjects: list[dict], namespace: str | None =
             "subjects": subjects}
 
 
+# --- the controllers' own identities (kube-controller-manager
+# --use-service-account-credentials): ClusterRole system:controller:<account>, bound to
+# ServiceAccount kube-system/<account>, with upstream's rules (controller_policy.go).
+
+CONTROLLER_ROLE_PREFIX = "system:controller:"
+_SIGNERS = ["kubernetes.io/legacy-unknown", "kubernetes.io/kube-apiserver-client",
+            "kubernetes.io/kube-apiserver-client-kubelet", "kubernetes.io/kubelet-serving"]
+# The ConfigMap the API server keeps while legacy (Secret) tokens are tracked.
+LEGACY_TOKEN_TRACKING_CONFIGMAP = "kube-apiserver-legacy-service-account-token-tracking"
+
+_CONTROLLER_RULES: dict[str, list[dict]] = {
+    "clusterrole-aggregation-controller": [
+        rule(["escalate", "get", "list", "watch", "update", "patch"], [RBAC],
+             ["clusterroles"])],
+    "cronjob-controller": [
+        rule(["get", "list", "watch", "update"], ["batch"], ["cronjobs"]),
+        rule(["get", "list", "watch", "create", "update", "delete", "patch"], ["batch"],
+             ["jobs"]),
+        rule(["update"], ["batch"], ["cronjobs/status"]),
+        rule(["update"], ["batch"], ["cronjobs/finalizers"]),
+        rule(["list", "watch", "delete"], [""], ["pods"]),
+        *_events()],
+    "daemon-set-controller": [
+        rule(READ, ["extensions", "apps"], ["daemonsets"]),
+        rule(["update"], ["extensions", "apps"], ["daemonsets/status"]),
+        rule(["update"], ["extensions", "apps"], ["daemonsets/finalizers"]),
+        rule(["list", "watch"], [""], ["nodes"]),
+        rule(["list", "watch", "create", "delete", "patch"], [""], ["pods"]),
+        rule(["create"], [""], ["pods/binding"]),
+        rule(["get", "list", "watch", "create", "delete", "update", "patch"], ["apps"],
+             ["controllerrevisions"]),
+        *_events()],
+    "deployment-controller": [
+        rule(["get", "list", "watch", "update"], ["extensions", "apps"], ["deployments"]),
+        rule(["update"], ["extensions", "apps"], ["deployments/status"]),
+        rule(["update"], ["extensions", "apps"], ["deployments/finalizers"]),
+        rule(["get", "list", "watch", "create", "update", "patch", "delete"],
+             ["apps", "extensions"], ["replicasets"]),
+        rule(["get", "list", "watch", "update"], [""], ["pods"]),
+        *_events()],
+    "disruption-controller": [
+        rule(READ, ["extensions", "apps"], ["deployments"]),
+        rule(READ, ["apps", "extensions"], ["replicasets"]),
+        rule(READ, [""], ["replicationcontrollers"]),
+        rule(READ, ["policy"], ["poddisruptionbudgets"]),
+        rule(READ, ["apps"], ["statefulsets"]),
+        rule(["update"], ["policy"], ["poddisruptionbudgets/status"]),
+        rule(["patch", "update"], [""], ["pods/status"]),
+        rule(["get"], ["*"], ["*/scale"]),
+        *_events()],
+    "endpoint-controller": [
+        rule(READ, [""], ["services", "pods"]),
+        rule(["get", "list", "watch", "create", "update", "delete"], [""], ["endpoints"]),
+        rule(["create"], [""], ["endpoints/restricted"]),
+        *_events()],
+    "endpointslice-controller": [
+        rule(READ, [""], ["services", "pods", "nodes"]),
+        # An EndpointSlice owned by its Service with blockOwnerDeletion needs this.
+        rule(["update"], [""], ["services/finalizers"]),
+        rule(["get", "list", "watch", "create", "update", "delete"], ["discovery.k8s.io"],
+             ["endpointslices"]),
+        *_events()],
+    "endpointslicemirroring-controller": [
+        rule(READ, [""], ["services", "endpoints"]),
+        rule(["update"], [""], ["services/finalizers"]),
+        rule(["update"], [""], ["endpoints/finalizers"]),
+        rule(["get", "list", "watch", "create", "update", "delete"], ["discovery.k8s.io"],
+             ["endpointslices"]),
+        *_events()],
+    "generic-garbage-collector": [
+        rule(["get", "list", "watch", "patch", "update", "delete"], ["*"], ["*"]),
+        *_events()],
+    "job-controller": [
+        rule(["get", "list", "watch", "update", "patch"], ["batch"], ["jobs"]),
+        rule(["update"], ["batch"], ["jobs/status"]),
+        rule(["update"], ["batch"], ["jobs/finalizers"]),
+        rule(["list", "watch", "create", "delete", "patch"], [""], ["pods"]),
+        *_events()],
+    "namespace-controller": [
+        rule(["get", "list", "watch", "delete"], [""], ["namespaces"]),
+        rule(["update"], [""], ["namespaces/finalize", "namespaces/status"]),
+        rule(["get", "list", "watch", "delete", "deletecollection"], ["*"], ["*"])],
+    "node-controller": [
+        rule(["get", "list", "watch", "update", "delete", "patch"], [""], ["nodes"]),
+        rule(["patch", "update"], [""], ["nodes/status"]),
+        rule(["patch", "update"], [""], ["pods/status"]),
+        rule(["list", "watch", "get", "delete"], [""], ["pods"]),
+        *_events()],
+    "pod-garbage-collector": [
+        rule(["list", "watch", "delete"], [""], ["pods"]),
+        rule(READ, [""], ["nodes"]),
+        rule(["patch"], [""], ["pods/status"])],
+    "replicaset-controller": [
+        rule(["get", "list", "watch", "update"], ["apps", "extensions"], ["replicasets"]),
+        rule(["update"], ["apps", "extensions"], ["replicasets/status"]),
+        rule(["update"], ["apps", "extensions"], ["replicasets/finalizers"]),
+        rule(["list", "watch", "patch", "create", "delete"], [""], ["pods"]),
+        *_events()],
+    "replication-controller": [
+        rule(["get", "list", "watch", "update"], [""], ["replicationcontrollers"]),
+        rule(["update"], [""], ["replicationcontrollers/status"]),
+        rule(["update"], [""], ["replicationcontrollers/finalizers"]),
+        rule(["list", "watch", "patch", "create", "delete"], [""], ["pods"]),
+        *_events()],
+    "resourcequota-controller": [
+        # Quota can count anything, so it reads everything.
+        rule(["list", "watch"], ["*"], ["*"]),
+        rule(["update"], [""], ["resourcequotas/status"]),
+        *_events()],
+    "service-account-controller": [
+        rule(["create"], [""], ["serviceaccounts"]),
+        *_events()],
+    "statefulset-controller": [
+        rule(["list", "watch"], [""], ["pods"]),
+        rule(READ, ["apps"], ["statefulsets"]),
+        rule(["update"], ["apps"], ["statefulsets/status"]),
+        rule(["update"], ["apps"], ["statefulsets/finalizers"]),
+        rule(["get", "create", "delete", "update", "patch"], [""], ["pods"]),
+        rule(["get", "create", "delete", "update", "patch", "list", "watch"], ["apps"],
+             ["controllerrevisions"]),
+        rule(["get", "create", "list", "watch"], [""], ["persistentvolumeclaims"]),
+        rule(["update", "delete"], [""], ["persistentvolumeclaims"]),
+        rule(["update"], [""], ["pods/finalizers"]),
+        *_events()],
+    "ttl-controller": [
+        rule(["update", "patch", "list", "watch"], [""], ["nodes"]),
+        *_events()],
+    "certificate-controller": [
+        rule(["get", "list", "watch", "delete"], ["certificates.k8s.io"],
+             ["certificatesigningrequests"]),
+        rule(["update"], ["certificates.k8s.io"],
+             ["certificatesigningrequests/status", "certificatesigningrequests/approval"]),
+        rule(["approve"], ["certificates.k8s.io"], ["signers"],
+             ["kubernetes.io/kube-apiserver-client-kubelet"]),
+        rule(["sign"], ["certificates.k8s.io"], ["signers"], _SIGNERS),
+        rule(["create"], ["authorization.k8s.io"], ["subjectaccessreviews"]),
+        *_events()],
+    "ttl-after-finished-controller": [
+        rule(["get", "list", "watch", "delete"], ["batch"], ["jobs"]),
+        *_events()],
+    "root-ca-cert-publisher": [
+        rule(["create", "update"], [""], ["configmaps"]),
+        *_events()],
+    "legacy-service-account-token-cleaner": [
+        rule(["get"], [""], ["configmaps"], [LEGACY_TOKEN_TRACKING_CONFIGMAP]),
+        rule(["patch", "delete"], [""], ["secrets"])],
+}
+
+
+def controller_service_accounts() -> list[str]:
+    """The kube-system ServiceAccounts that have a system:controller:<name> ClusterRole."""
+    return list(_CONTROLLER_RULES)
+
+
+def _controller_roles() -> list[dict]:
+    return [_cluster_role(CONTROLLER_ROLE_PREFIX + account, [dict(r) for r in rules])
+            for account, rules in _CONTROLLER_RULES.items()]
+
+
+def _controller_role_bindings() -> list[dict]:
+    return [_binding(CONTROLLER_ROLE_PREFIX + account, CONTROLLER_ROLE_PREFIX + account,
+                     [_subject("ServiceAccount", account, "kube-system")])
+            for account in _CONTROLLER_RULES]
+
+
 def cluster_roles() -> list[dict]:
     view = _VIEW
     edit = _EDIT + view
@@ -246,6 +415,7 @@ def cluster_roles() -> list[dict]:
         _cluster_role("system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", [
             rule(["create"], ["certificates.k8s.io"],
                  ["certificatesigningrequests/selfnodeclient"])]),
+        *_controller_roles(),
     ]
 
 
@@ -273,6 +443,7 @@ def cluster_role_bindings() -> list[dict]:
         # kubeadm's: admin.conf's user (kubernetes-admin) is in this group.
         _binding("kubeadm:cluster-admins", "cluster-admin",
                  [_subject("Group", "kubeadm:cluster-admins")], labels=False),
+        *_controller_role_bindings(),
     ]
 
 
@@ -291,6 +462,12 @@ def roles() -> list[dict]:
         _role("system::leader-locking-kube-scheduler", "kube-system", [
             rule(["watch"], [""], ["configmaps"]),
             rule(["get", "update"], [""], ["configmaps"], ["kube-scheduler"])]),
+        # The bootstrap signer reads the bootstrap token Secrets; the token cleaner
+        # removes expired ones (only in kube-system).
+        _role("system:controller:bootstrap-signer", "kube-system", [
+            rule(READ, [""], ["secrets"])]),
+        _role("system:controller:token-cleaner", "kube-system", [
+            rule(["delete", "get", "list", "watch"], [""], ["secrets"]), *_events()]),
         _role("system:controller:bootstrap-signer", "kube-public", [
             rule(READ, [""], ["configmaps"]),
             rule(["update"], [""], ["configmaps"], ["cluster-info"]), *_events()]),
@@ -313,6 +490,12 @@ def role_bindings() -> list[dict]:
                  "system::leader-locking-kube-scheduler",
                  [_subject("User", "system:kube-scheduler"),
                   _subject("ServiceAccount", "kube-scheduler", "kube-system")],
+                 namespace="kube-system", role_kind="Role"),
+        _binding("system:controller:bootstrap-signer", "system:controller:bootstrap-signer",
+                 [_subject("ServiceAccount", "bootstrap-signer", "kube-system")],
+                 namespace="kube-system", role_kind="Role"),
+        _binding("system:controller:token-cleaner", "system:controller:token-cleaner",
+                 [_subject("ServiceAccount", "token-cleaner", "kube-system")],
                  namespace="kube-system", role_kind="Role"),
         _binding("system:controller:bootstrap-signer", "system:controller:bootstrap-signer",
                  [_subject("ServiceAccount", "bootstrap-signer", "kube-system")],

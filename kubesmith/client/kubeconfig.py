@@ -33,6 +33,28 @@ class ClientConfig:
     # Where the token came from: projected service-account tokens are rotated, so
     # clients read this file again from time to time.
     token_file: str | None = None
+    # The PEM of the certificate authorities the server is verified with, if given.
+    ca_data: bytes | None = None
+
+    def with_token(self, token: str) -> "ClientConfig":
+        """The same server and server verification, authenticating by `token` alone.
+
+        No client certificate is offered: the API server's x509 authenticator runs
+        before token authentication, so a certificate would decide who the client is.
+        """
+        source = self.ssl_context
+        # Trust exactly what the original context trusts, no more.
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.verify_flags = source.verify_flags
+        if authorities := source.get_ca_certs(binary_form=True):
+            tls.load_verify_locations(cadata=b"".join(authorities))
+        if self.ca_data:
+            tls.load_verify_locations(cadata=self.ca_data.decode())
+        tls.check_hostname = source.check_hostname
+        tls.verify_mode = source.verify_mode
+        tls.minimum_version = source.minimum_version
+        return ClientConfig(server=self.server, ssl_context=tls, token=token,
+                            user=self.user, ca_data=self.ca_data)
 
 
 def _named(items: list[dict] | None, name: str, what: str, source: Path) -> dict:
@@ -90,7 +112,7 @@ def load(path: str | os.PathLike, context: str | None = None) -> ClientConfig:
     if not server:
         raise KubeconfigError(f"{source}: cluster of context {context_name!r} has no server")
     return ClientConfig(server=server.rstrip("/"), ssl_context=tls, token=token,
-                        user=ctx.get("user", ""), token_file=token_file)
+                        user=ctx.get("user", ""), token_file=token_file, ca_data=ca)
 
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -110,12 +132,12 @@ def in_cluster(directory: str | os.PathLike = SERVICE_ACCOUNT_DIR,
     token_file = folder / "token"
     try:
         token = token_file.read_text().strip()
-        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
-                                         cafile=str(folder / "ca.crt"))
+        ca = (folder / "ca.crt").read_bytes()
+        tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca.decode())
     except OSError as exc:
         raise KubeconfigError(f"cannot read the service account in {folder}: {exc}") from None
     return ClientConfig(server=f"https://{host}:{port}", ssl_context=tls, token=token,
-                        user="serviceaccount", token_file=str(token_file))
+                        user="serviceaccount", token_file=str(token_file), ca_data=ca)
 
 
 def in_cluster_namespace(directory: str | os.PathLike = SERVICE_ACCOUNT_DIR) -> str:

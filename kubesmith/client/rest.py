@@ -263,6 +263,11 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {token}"
         return headers
 
+    def set_token(self, token: str) -> None:
+        """Use `token` from the next request on (a rotated bearer token)."""
+        self._token = token
+        self._token_read = time.monotonic()
+
     def _current_token(self) -> str | None:
         file = self.config.token_file
         if file and time.monotonic() - self._token_read > TOKEN_FILE_REREAD:

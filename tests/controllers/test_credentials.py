@@ -1,0 +1,185 @@
+"""Controllers as their own ServiceAccounts: the system:controller:* bootstrap roles, the
+manager's own narrow identity, and ServiceAccountCredentials' clients and token renewal,
+against the real API server."""
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+import pytest
+
+from kubesmith.apiserver import bootstrap_policy
+from kubesmith.client.kubeconfig import ClientConfig
+from kubesmith.client.rest import ApiClient, is_forbidden
+from kubesmith.controllers.credentials import (CONTROLLER_SERVICE_ACCOUNTS,
+                                               ServiceAccountCredentials)
+from kubesmith.controllers.manager import load_controllers
+
+RBAC = "rbac.authorization.k8s.io"
+
+
+def _deployment(name: str) -> dict:
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}
+
+
+def _replicaset(name: str) -> dict:
+    body = _deployment(name)
+    body["kind"] = "ReplicaSet"
+    return body
+
+
+def _manager_client(cluster) -> ApiClient:
+    """A client with the controller manager's own certificate identity."""
+    cert = cluster.client_cert("system:kube-controller-manager")
+    config = ClientConfig(server=cluster.url, ssl_context=cluster.ssl_context(cert))
+    return ApiClient(config, component="kube-controller-manager")
+
+
+async def _forbidden(call) -> bool:
+    try:
+        await call
+    except Exception as err:      # noqa: BLE001 - the test inspects it
+        if is_forbidden(err):
+            return True
+        raise
+    return False
+
+
+# --- policy and mapping (no server) ------------------------------------------------------
+
+def test_every_registered_controller_has_an_account_with_a_role():
+    accounts = set(bootstrap_policy.controller_service_accounts())
+    namespaced = {b["subjects"][0]["name"] for b in bootstrap_policy.role_bindings()
+                  if b["roleRef"]["name"].startswith("system:controller:")}
+    for name in load_controllers():
+        assert name in CONTROLLER_SERVICE_ACCOUNTS, name
+    for account in CONTROLLER_SERVICE_ACCOUNTS.values():
+        assert account in accounts | namespaced, account
+
+
+def test_controller_roles_are_bound_to_their_service_accounts():
+    roles = {r["metadata"]["name"]: r for r in bootstrap_policy.cluster_roles()}
+    bindings = {b["metadata"]["name"]: b for b in bootstrap_policy.cluster_role_bindings()}
+    for account in bootstrap_policy.controller_service_accounts():
+        name = "system:controller:" + account
+        role = roles[name]
+        assert role["metadata"]["labels"]["kubernetes.io/bootstrapping"] == "rbac-defaults"
+        assert bindings[name]["roleRef"] == {"apiGroup": RBAC, "kind": "ClusterRole",
+                                             "name": name}
+        assert bindings[name]["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": "kube-system"}]
+    events = {"verbs": ["create", "patch", "update"], "apiGroups": ["", "events.k8s.io"],
+              "resources": ["events"]}
+    assert events in roles["system:controller:deployment-controller"]["rules"]
+    assert events not in roles["system:controller:pod-garbage-collector"]["rules"]
+
+
+def test_token_only_config_keeps_server_verification_and_drops_the_certificate(cluster):
+    admin = ClientConfig(server=cluster.url, ssl_context=cluster.ssl_context(), token="x")
+    plain = admin.with_token("secret")
+    assert (plain.server, plain.token, plain.token_file) == (cluster.url, "secret", None)
+    assert plain.ssl_context.verify_mode == admin.ssl_context.verify_mode
+    assert plain.ssl_context.check_hostname == admin.ssl_context.check_hostname
+    assert plain.ssl_context.get_ca_certs() == admin.ssl_context.get_ca_certs()
+
+
+
+def test_token_only_config_of_an_insecure_config_stays_insecure():
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    plain = ClientConfig(server="https://127.0.0.1:1", ssl_context=insecure).with_token("t")
+    assert (plain.ssl_context.check_hostname, plain.ssl_context.verify_mode) == \
+        (False, ssl.CERT_NONE)
+
+# --- against the API server ---------------------------------------------------------------
+
+def test_bootstrap_creates_the_controller_roles(cluster):
+    for account in ("deployment-controller", "generic-garbage-collector", "node-controller",
+                    "legacy-service-account-token-cleaner"):
+        name = f"system:controller:{account}"
+        role = cluster.request("GET", f"/apis/{RBAC}/v1/clusterroles/{name}")
+        assert role.status == 200, role.body
+        assert role.json()["metadata"]["annotations"][
+            "rbac.authorization.kubernetes.io/autoupdate"] == "true"
+        binding = cluster.request("GET", f"/apis/{RBAC}/v1/clusterrolebindings/{name}")
+        assert binding.status == 200, binding.body
+        assert binding.json()["subjects"][0]["name"] == account
+    cleaner = cluster.request("GET", f"/apis/{RBAC}/v1/namespaces/kube-system/roles/"
+                                     "system:controller:token-cleaner")
+    assert cleaner.status == 200, cleaner.body
+
+
+def test_kubectl_auth_can_i_as_a_controller(cluster):
+    who = "--as=system:serviceaccount:kube-system:deployment-controller"
+    answer = cluster.kubectl("auth", "can-i", "update", "deployments.apps",
+                             "--subresource=status", who, "-n", "default")
+    assert answer.stdout.strip() == "yes"
+    answer = cluster.kubectl("auth", "can-i", "delete", "secrets", who, "-n", "default",
+                             check=False)
+    assert answer.stdout.strip() == "no"
+
+
+def test_controller_clients_act_as_their_service_accounts(cluster, connect):
+    namespace = cluster.new_namespace("creds-")
+
+    async def scenario():
+        async with connect() as admin, _manager_client(cluster) as manager:
+            deployment = await admin.create("apps/v1 deployments", _deployment("web"),
+                                            namespace)
+            await admin.create("v1 secrets", {"metadata": {"name": "s"},
+                                              "stringData": {"a": "b"}}, namespace)
+            # The manager itself reads everything but writes none of it.
+            await manager.list("apps/v1 deployments", namespace)
+            assert await _forbidden(manager.update_status("apps/v1 deployments",
+                                                          deployment, namespace))
+            assert await _forbidden(manager.create("apps/v1 replicasets",
+                                                   _replicaset("rs0"), namespace))
+            async with ServiceAccountCredentials(manager) as credentials:
+                client = await credentials.client_for("deployment-controller")
+                assert client is await credentials.client_for("deployment-controller")
+                assert client.user_agent.startswith("kube-controller-manager/")
+                assert client.user_agent.endswith("/deployment-controller")
+                deployment["status"] = {"observedGeneration": 1}
+                updated = await client.update_status("apps/v1 deployments", deployment,
+                                                     namespace)
+                assert updated["status"]["observedGeneration"] == 1
+                await client.create("apps/v1 replicasets", _replicaset("web-1"), namespace)
+                assert await _forbidden(client.delete("v1 secrets", "s", namespace))
+                assert await _forbidden(client.get("v1 secrets", "s", namespace))
+                review = await client.create(
+                    "selfsubjectreviews.authentication.k8s.io",
+                    {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+                assert review["status"]["userInfo"]["username"] == \
+                    "system:serviceaccount:kube-system:deployment-controller"
+            account = await admin.get("v1 serviceaccounts", "deployment-controller",
+                                      "kube-system")
+            assert account["metadata"]["name"] == "deployment-controller"
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
+
+
+def test_tokens_are_renewed_before_they_expire(cluster, connect):
+    async def scenario():
+        async with connect() as admin:
+            # 3600 s tokens renewed at 0.1% of their life: every few seconds.
+            async with ServiceAccountCredentials(admin, refresh_at=0.001) as credentials:
+                client = await credentials.client_for("ttl-controller")
+                first = client._current_token()
+                deadline = time.monotonic() + 20
+                while client._current_token() == first:
+                    assert time.monotonic() < deadline, "token not renewed"
+                    await asyncio.sleep(0.2)
+                await client.list("v1 nodes")     # the renewed token works
+                refresher = credentials._accounts["ttl-controller"].refresher
+            assert refresher is not None and refresher.done()
+            with pytest.raises(RuntimeError):
+                await credentials.client_for("ttl-controller")
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
