@@ -1,6 +1,7 @@
 """The workload controllers against a real etcd + kube-apiserver: each test builds the
-controllers it needs on a ControllerContext of its own, runs them as asyncio tasks, and
-plays the kubelet itself (binding pods to a node and patching their status)."""
+controllers it needs on ControllerContexts of its own (each controller writing as its
+ServiceAccount, under upstream's system:controller:* roles), runs them as asyncio tasks,
+and plays the kubelet itself (binding pods to a node and patching their status)."""
 from __future__ import annotations
 
 import asyncio
@@ -14,8 +15,10 @@ from typing import Any, AsyncIterator
 import pytest
 
 from kubesmith.client.informers import InformerFactory
-from kubesmith.client.rest import ApiClient, ApiError, is_not_found
+from kubesmith.client.kubeconfig import ClientConfig
+from kubesmith.client.rest import ApiClient, ApiError, is_forbidden, is_not_found
 from kubesmith.controllers.context import ControllerContext
+from kubesmith.controllers.credentials import CONTROLLER_SERVICE_ACCOUNTS
 from kubesmith.controllers.common import is_pod_ready, meta
 from kubesmith.store.testing import etcd_available
 from tests.apiserver.harness import Cluster
@@ -47,27 +50,42 @@ async def eventually(check, timeout: float = 20.0, interval: float = 0.1, what: 
         await asyncio.sleep(interval)
 
 
+def account_client(cluster: Cluster, controller_class) -> ApiClient:
+    """A client that is the controller's own ServiceAccount (as the manager's
+    --use-service-account-credentials makes it), so upstream's system:controller:*
+    roles are what the controller may do."""
+    account = CONTROLLER_SERVICE_ACCOUNTS[controller_class.name]
+    cert = cluster.client_cert(f"system:serviceaccount:kube-system:{account}",
+                               "system:serviceaccounts", "system:serviceaccounts:kube-system")
+    return ApiClient(ClientConfig(server=cluster.url, ssl_context=cluster.ssl_context(cert)),
+                     component=account)
+
+
 @contextlib.asynccontextmanager
 async def running(cluster: Cluster, namespace: str, *controller_classes, clock=None
                   ) -> AsyncIterator[SimpleNamespace]:
-    """The controllers running on informers of `namespace` (nodes: cluster-wide)."""
+    """The controllers running on informers of `namespace` (nodes: cluster-wide), each
+    writing as its own ServiceAccount; `client` (in the answer) is the admin's."""
     client = ApiClient.from_kubeconfig(cluster.kubeconfig, component="workloads-test")
     factory = InformerFactory(client, namespace=namespace)
-    ctx = ControllerContext(client=client, informers=factory, options=SimpleNamespace(),
-                            host="test")
-    controllers = [cls(ctx, clock=clock) if clock else cls(ctx) for cls in controller_classes]
+    contexts = [ControllerContext(client=account_client(cluster, cls), informers=factory,
+                                  options=SimpleNamespace(), host="test")
+                for cls in controller_classes]
+    controllers = [cls(ctx, clock=clock) if clock else cls(ctx)
+                   for cls, ctx in zip(controller_classes, contexts)]
     factory.start()
     assert await factory.wait_for_sync(timeout=20)
     tasks = [asyncio.create_task(c.run(2)) for c in controllers]
     try:
-        yield SimpleNamespace(client=client, controllers=controllers, ctx=ctx,
-                              namespace=namespace)
+        yield SimpleNamespace(client=client, controllers=controllers, namespace=namespace)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for recorder in ctx._recorders.values():
-            await recorder.flush()
+        for ctx in contexts:
+            for recorder in ctx._recorders.values():
+                await recorder.flush()
+            await ctx.client.close()
         await factory.shutdown()
         await client.close()
 
@@ -225,6 +243,13 @@ def test_replicaset_scales_adopts_and_releases(cluster):
             reasons = {e["reason"] for e in events if e["source"]["component"]
                        == "replicaset-controller"}
             assert {"SuccessfulCreate", "SuccessfulDelete"} <= reasons
+            # The controller's identity is held to its role.
+            [controller] = env.controllers
+            with pytest.raises(ApiError) as refused:
+                await controller.client.create("v1 configmaps", {
+                    "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}},
+                    namespace)
+            assert is_forbidden(refused.value)
     run(main())
 
 
