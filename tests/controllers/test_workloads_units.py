@@ -241,3 +241,17 @@ def test_pod_node():
     assert pod_node(pinned) == "n1"
     assert pod_node({"spec": {"nodeName": "n2"}}) == "n2"
     assert pod_node({"spec": {}}) is None
+
+
+def test_most_recent_due_in_a_time_zone():
+    from zoneinfo import ZoneInfo
+    try:
+        zone = ZoneInfo("America/New_York")
+    except Exception:     # no tz database on this host
+        pytest.skip("no tz database")
+    nine_daily = Schedule("0 9 * * *")
+    # 09:00 in New York in January is 14:00 UTC.
+    due, missed, upcoming = most_recent_due(nine_daily, utc(2024, 1, 10, 12).timestamp(),
+                                            utc(2024, 1, 10, 15).timestamp(), zone)
+    assert due == utc(2024, 1, 10, 14).timestamp() and missed == 1
+    assert upcoming == utc(2024, 1, 11, 14).timestamp()
