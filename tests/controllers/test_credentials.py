@@ -12,9 +12,11 @@ import pytest
 from kubesmith.apiserver import bootstrap_policy
 from kubesmith.client.kubeconfig import ClientConfig
 from kubesmith.client.rest import ApiClient, is_forbidden
+from kubesmith.controllers import options as flags
 from kubesmith.controllers.credentials import (CONTROLLER_SERVICE_ACCOUNTS,
                                                ServiceAccountCredentials)
-from kubesmith.controllers.manager import load_controllers
+from kubesmith.controllers.manager import ControllerManager, load_controllers
+from tests.controllers.conftest import manager_flags
 
 RBAC = "rbac.authorization.k8s.io"
 
@@ -183,3 +185,79 @@ def test_tokens_are_renewed_before_they_expire(cluster, connect):
                 await credentials.client_for("ttl-controller")
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+class _AccountsManager(ControllerManager):
+    """What --use-service-account-credentials makes of the manager: shared informers on
+    the manager's own client, each controller's writes on its account's client."""
+
+    def __init__(self, root: ApiClient, options, clients: dict[str, ApiClient]):
+        super().__init__(root, options, host="test")
+        self.clients = clients
+
+    def construct(self, name: str):
+        root, self.client = self.client, self.clients.get(name, self.client)
+        try:
+            return super().construct(name)
+        finally:
+            self.client = root
+
+
+def test_workload_controllers_work_as_their_accounts(cluster, connect):
+    """Deployment -> ReplicaSet -> pods, and the cascade on delete, with the manager's
+    identity only listing and watching: every write the controllers make is allowed by
+    their system:controller:* roles."""
+    namespace = cluster.new_namespace("creds-", default_service_account=True)
+    names = ["deployment", "replicaset", "garbagecollector"]
+    options = flags.parse(manager_flags(cluster, "--controllers=" + ",".join(names)))
+
+    async def until(check, what: str, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while not (value := await check()):
+            assert time.monotonic() < deadline, f"not true after {timeout}s: {what}"
+            await asyncio.sleep(0.2)
+        return value
+
+    async def scenario():
+        async with connect() as admin, _manager_client(cluster) as root, \
+                ServiceAccountCredentials(root) as credentials:
+            clients = {name: await credentials.client_for(CONTROLLER_SERVICE_ACCOUNTS[name])
+                       for name in names}
+            manager = _AccountsManager(root, options, clients)
+            running = asyncio.create_task(manager.run())
+            try:
+                await asyncio.wait_for(manager.started.wait(), 30)
+                await admin.create("apps/v1 deployments", _deployment("web"), namespace)
+
+                async def pods():
+                    return (await admin.list("v1 pods", namespace))["items"]
+
+                async def observed():
+                    d = await admin.get("apps/v1 deployments", "web", namespace)
+                    return (d.get("status") or {}).get("observedGeneration") == 1
+
+                await until(pods, "the Deployment's pod")
+                await until(observed, "the Deployment's status")
+                rs = (await admin.list("apps/v1 replicasets", namespace))["items"]
+                assert [r["metadata"]["ownerReferences"][0]["name"] for r in rs] == ["web"]
+
+                async def events():
+                    items = (await admin.list("v1 events", namespace))["items"]
+                    return {e.get("reason") for e in items} >= {"ScalingReplicaSet",
+                                                                 "SuccessfulCreate"}
+
+                await until(events, "the controllers' events")
+                await admin.delete("apps/v1 deployments", "web", namespace)
+
+                async def gone():
+                    left = await admin.list("apps/v1 replicasets", namespace)
+                    return not left["items"] and not await pods()
+
+                await until(gone, "the ReplicaSet and pods collected")
+                assert not manager.restarts, manager.restarts
+            finally:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))
+    cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
