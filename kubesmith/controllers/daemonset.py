@@ -9,7 +9,8 @@ to its node with required node affinity on matchFields metadata.name (the schedu
 binds it), and labelled controller-revision-hash from the set's ControllerRevision.
 Pods on nodes no longer eligible, extra pods on a node and failed pods are deleted.
 RollingUpdate replaces out-of-date pods, no more than maxUnavailable unavailable at a
-time (maxSurge is not done); OnDelete replaces only pods deleted by someone else.
+time, or with maxSurge starts the new pod beside the old one and deletes the old once
+the new is available; OnDelete replaces only pods deleted by someone else.
 """
 from __future__ import annotations
 
@@ -246,6 +247,7 @@ class DaemonSetController(QueueController):
         nodes = self.nodes.lister.list()
         pod_spec = template.get("spec") or {}
         eligible = {meta(n)["name"] for n in nodes if node_should_run(pod_spec, n)}
+        surge = self._max_surge(ds, len(eligible))
         if not is_terminating(ds) and self.expectations.satisfied(key):
             to_create: list[str] = []
             to_delete: list[Obj] = []
@@ -258,19 +260,71 @@ class DaemonSetController(QueueController):
                     if not failed:
                         to_create.append(node)
                 elif len(mine) > 1:
-                    mine.sort(key=lambda p: meta(p).get("creationTimestamp") or "")
-                    to_delete.extend(mine[1:])
+                    to_delete.extend(self._extra_pods(mine, digest, surge > 0))
             for node, mine in by_node.items():
                 if node not in eligible:
                     to_delete.extend(p for p in mine if not is_terminating(p))
             if not to_create and not to_delete:
-                to_delete = self._rolling_victims(ds, digest, by_node, eligible)
+                if surge > 0:
+                    to_create, to_delete = self._surge(ds, digest, by_node, eligible, surge)
+                else:
+                    to_delete = self._rolling_victims(ds, digest, by_node, eligible)
             await self._apply(key, ds, digest, to_create, to_delete)
         await self._update_status(ds, digest, by_node, eligible)
         live = {digest} | {(meta(p).get("labels") or {}).get(REVISION_HASH_LABEL, "")
                            for p in pods}
         await truncate_history(self.client, ds, revisions, live)
         return None
+
+    @staticmethod
+    def _max_surge(ds: Obj, nodes: int) -> int:
+        strategy = (ds.get("spec") or {}).get("updateStrategy") or {}
+        if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+            return 0
+        return resolve_int_or_percent((strategy.get("rollingUpdate") or {}).get("maxSurge", 0),
+                                      nodes, True)
+
+    @staticmethod
+    def _extra_pods(pods: list[Obj], digest: str, surging: bool) -> list[Obj]:
+        """The pods of one node beyond the one it should run — beyond an old and a new
+        one while a surge rollout replaces the old (upstream's podsShouldBeOnNode)."""
+        pods = sorted(pods, key=lambda p: meta(p).get("creationTimestamp") or "")
+        if not surging:
+            return pods[1:]
+        new = [p for p in pods if (meta(p).get("labels") or {}).get(REVISION_HASH_LABEL)
+               == digest]
+        old = [p for p in pods if p not in new]
+        keep = new[:1] + old[:1]
+        return [p for p in pods if p not in keep]
+
+    def _surge(self, ds: Obj, digest: str, by_node: dict[str, list[Obj]],
+               eligible: set[str], surge: int) -> tuple[list[str], list[Obj]]:
+        """RollingUpdate with maxSurge (upstream's surge branch of rollingUpdate): a new
+        pod starts beside the old one — at once when the old one is not available, else
+        while fewer than maxSurge new pods are still becoming available — and the old
+        pod goes once the new one is available. (nodes to create on, pods to delete)"""
+        min_ready = (ds.get("spec") or {}).get("minReadySeconds") or 0
+        now_create: list[str] = []
+        candidates: list[str] = []
+        delete: list[Obj] = []
+        surging = 0
+        for node in sorted(eligible):
+            mine = [p for p in by_node.get(node, []) if not is_terminating(p)]
+            new = next((p for p in mine if (meta(p).get("labels") or {}).get(
+                REVISION_HASH_LABEL) == digest), None)
+            old = next((p for p in mine if p is not new), None)
+            if old is None:
+                continue
+            if new is None:
+                if is_pod_available(old, min_ready):
+                    candidates.append(node)
+                else:
+                    now_create.append(node)
+            elif is_pod_available(new, min_ready):
+                delete.append(old)
+            else:
+                surging += 1
+        return now_create + candidates[:max(surge - surging, 0)], delete
 
     def _rolling_victims(self, ds: Obj, digest: str, by_node: dict[str, list[Obj]],
                          eligible: set[str]) -> list[Obj]:
@@ -359,7 +413,9 @@ class DaemonSetController(QueueController):
                 misscheduled += 1
                 continue
             scheduled += 1
-            pod = active[0]
+            # With a surge under way the node's new pod is the one that counts.
+            pod = next((p for p in active if (meta(p).get("labels") or {}).get(
+                REVISION_HASH_LABEL) == digest), active[0])
             ready += is_pod_ready(pod)
             available += is_pod_available(pod, min_ready)
             updated += (meta(pod).get("labels") or {}).get(REVISION_HASH_LABEL) == digest

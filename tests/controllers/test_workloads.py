@@ -1009,3 +1009,46 @@ def test_deployment_scaled_mid_rollout_proportionally(cluster):
             assert {rs["metadata"]["annotations"]["deployment.kubernetes.io/desired-replicas"]
                     for rs in rss} == {"8"}
     run(main())
+
+
+def test_daemonset_rolling_update_with_surge(cluster):
+    from kubesmith.controllers.daemonset import DaemonSetController, pod_node
+    namespace = cluster.new_namespace("dssurge-", default_service_account=True)
+
+    async def main():
+        async with running(cluster, namespace, DaemonSetController) as env:
+            client = env.client
+            tag = uuid.uuid4().hex[:6]
+            for suffix in "ab":
+                await make_node(client, f"surge-{tag}-{suffix}", pool=tag)
+            template = pod_template({"app": "proxy"}, "proxy:1", nodeSelector={"pool": tag})
+            await client.create("apps/v1 daemonsets", {
+                "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "proxy"},
+                "spec": {"selector": {"matchLabels": {"app": "proxy"}}, "template": template,
+                         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {
+                             "maxSurge": 1, "maxUnavailable": 0}}}}, namespace)
+            pods = await eventually(lambda: _count(client, namespace, "app=proxy", 2))
+            for pod in pods:
+                await start_pod(client, pod, pod_node(pod))
+            await eventually(lambda: _status_is(client, "apps/v1 daemonsets", "proxy",
+                                                namespace, numberAvailable=2))
+            await client.patch("apps/v1 daemonsets", "proxy", {"spec": {"template": {"spec": {
+                "containers": [container("proxy:2")]}}}}, namespace)
+            most = 0
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                pods = await pods_of(client, namespace, "app=proxy")
+                most = max(most, len(pods))
+                # maxUnavailable 0: every node keeps a ready pod throughout.
+                assert len({pod_node(p) for p in pods if is_pod_ready(p)}) == 2
+                if len(pods) == 2 and all(p["spec"]["containers"][0]["image"] == "proxy:2"
+                                          and is_pod_ready(p) for p in pods):
+                    break
+                for pod in pods:
+                    if (pod.get("status") or {}).get("phase") != "Running":
+                        await start_if_there(client, pod, pod_node(pod))
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("surge rollout did not finish")
+            assert most == 3     # one node at a time ran its old and new pod side by side
+    run(main())
