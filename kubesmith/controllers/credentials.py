@@ -18,7 +18,7 @@ import asyncio
 import datetime
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kubesmith.client.rest import (ApiClient, ApiError, TransportError, is_already_exists,
                                    is_not_found, resource_path, resource_type)
@@ -30,6 +30,7 @@ NAMESPACE = "kube-system"
 TOKEN_EXPIRATION_SECONDS = 3600
 REFRESH_AT = 0.8            # fraction of a token's life after which it is renewed
 RETRY_INITIAL, RETRY_MAX = 1.0, 30.0
+MIN_REFRESH_DELAY = 1.0
 TOKEN_WAIT = 10.0           # how long a just-made account may take to become visible
 
 # kubesmith's controller names (--controllers) -> the account each one writes as
@@ -86,7 +87,6 @@ class _Account:
     client: ApiClient
     refresher: asyncio.Task | None = None
     expires_at: float = 0.0     # time.monotonic() when the current token ends
-    tokens_issued: int = field(default=0)
 
 
 class ServiceAccountCredentials:
@@ -123,8 +123,7 @@ class ServiceAccountCredentials:
                                burst=root.limiter.burst, timeout=root.timeout,
                                max_retries=root.max_retries)
             client.user_agent = f"{root.user_agent}/{service_account}"
-            account = _Account(client, expires_at=time.monotonic() + lifetime,
-                               tokens_issued=1)
+            account = _Account(client, expires_at=time.monotonic() + lifetime)
             account.refresher = asyncio.create_task(
                 self._keep_fresh(service_account, account, lifetime),
                 name=f"token-refresh-{service_account}")
@@ -191,7 +190,7 @@ class ServiceAccountCredentials:
         return token, _expires_in(answer, self.expiration_seconds)
 
     async def _keep_fresh(self, name: str, account: _Account, lifetime: float) -> None:
-        delay = max(lifetime * self.refresh_at, 1.0)
+        delay = max(lifetime * self.refresh_at, MIN_REFRESH_DELAY)
         retry = RETRY_INITIAL
         while True:
             await asyncio.sleep(delay)
@@ -206,6 +205,5 @@ class ServiceAccountCredentials:
                 continue
             account.client.set_token(token)
             account.expires_at = time.monotonic() + lifetime
-            account.tokens_issued += 1
             retry = RETRY_INITIAL
-            delay = max(lifetime * self.refresh_at, 1.0)
+            delay = max(lifetime * self.refresh_at, MIN_REFRESH_DELAY)

@@ -11,7 +11,9 @@ import pytest
 
 from kubesmith.apiserver import bootstrap_policy
 from kubesmith.client.kubeconfig import ClientConfig
-from kubesmith.client.rest import ApiClient, is_forbidden
+from kubesmith.client.ratelimit import TokenBucket
+from kubesmith.client.rest import ApiClient, ApiError, TransportError, is_forbidden
+from kubesmith.controllers import credentials as credentials_module
 from kubesmith.controllers import options as flags
 from kubesmith.controllers.credentials import (CONTROLLER_SERVICE_ACCOUNTS,
                                                ServiceAccountCredentials)
@@ -98,6 +100,69 @@ def test_token_only_config_of_an_insecure_config_stays_insecure():
     plain = ClientConfig(server="https://127.0.0.1:1", ssl_context=insecure).with_token("t")
     assert (plain.ssl_context.check_hostname, plain.ssl_context.verify_mode) == \
         (False, ssl.CERT_NONE)
+
+
+class _FakeRoot:
+    """The root client's surface ServiceAccountCredentials uses; token requests fail
+    while `failing` is set."""
+
+    def __init__(self):
+        self.config = ClientConfig(server="https://127.0.0.1:1",
+                                   ssl_context=ssl.create_default_context())
+        self.limiter = TokenBucket(7, 9)
+        self.timeout, self.max_retries = 5.0, 2
+        self.user_agent = "kube-controller-manager/v0 (linux/amd64) kubesmith"
+        self.accounts: list[str] = []
+        self.issued = 0
+        self.failing = False
+
+    async def get(self, rt, name, namespace):
+        if name not in self.accounts:
+            raise ApiError({"kind": "Status", "code": 404, "reason": "NotFound"})
+        return {"metadata": {"name": name}}
+
+    async def create(self, rt, body, namespace):
+        self.accounts.append(body["metadata"]["name"])
+        return body
+
+    async def request(self, method, path, *, body=None):
+        assert (method, path) == ("POST", "/api/v1/namespaces/kube-system/"
+                                          "serviceaccounts/job-controller/token")
+        assert body["spec"] == {"expirationSeconds": 3600}
+        if self.failing:
+            raise TransportError("connection refused")
+        self.issued += 1
+        end = time.time() + 0.2      # the server may shorten what was asked
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(end)) + \
+            f".{int(end % 1 * 1000):03d}Z"
+        return {"status": {"token": f"token-{self.issued}", "expirationTimestamp": stamp}}
+
+
+def test_renewal_keeps_the_token_through_failures(monkeypatch):
+    monkeypatch.setattr(credentials_module, "MIN_REFRESH_DELAY", 0.02)
+    monkeypatch.setattr(credentials_module, "RETRY_INITIAL", 0.02)
+    root = _FakeRoot()
+
+    async def scenario():
+        async with ServiceAccountCredentials(root) as credentials:  # type: ignore[arg-type]
+            client = await credentials.client_for("job-controller")
+            assert root.accounts == ["job-controller"]
+            assert client._current_token() == "token-1"
+            assert (client.limiter.qps, client.limiter.burst) == (7, 9)
+            assert (client.timeout, client.max_retries) == (5.0, 2)
+            assert client.user_agent == root.user_agent + "/job-controller"
+            root.failing = True
+            await asyncio.sleep(0.4)
+            assert client._current_token() == "token-1"    # kept while renewal fails
+            root.failing = False
+            deadline = time.monotonic() + 5
+            while client._current_token() == "token-1":
+                assert time.monotonic() < deadline, "token not renewed"
+                await asyncio.sleep(0.02)
+            assert root.accounts == ["job-controller"]
+        assert client._session is None
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
 
 # --- against the API server ---------------------------------------------------------------
 
