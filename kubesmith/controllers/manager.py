@@ -33,6 +33,8 @@ from kubesmith.client.ratelimit import Backoff
 from kubesmith.client.rest import ApiClient
 from kubesmith.controllers import CONTROLLERS, DISABLED_BY_DEFAULT
 from kubesmith.controllers.context import ControllerContext
+from kubesmith.controllers.credentials import (CONTROLLER_SERVICE_ACCOUNTS,
+                                               ServiceAccountCredentials)
 from kubesmith.controllers.options import (
     UPSTREAM_CONTROLLERS,
     UPSTREAM_DISABLED_BY_DEFAULT,
@@ -153,12 +155,24 @@ class ControllerManager:
         self.informers = InformerFactory(client)
         self.started = asyncio.Event()      # set once every controller's run() began
         self._views: dict[str, _RecordingFactory] = {}
+        # With --use-service-account-credentials each controller writes through a client
+        # of its own ServiceAccount; the informers stay on the manager's client.
+        self.credentials = ServiceAccountCredentials(client) \
+            if options.use_service_account_credentials else None
+        self.clients: dict[str, ApiClient] = {}
+
+    async def make_clients(self, names: list[str]) -> None:
+        """The client each controller writes with (its ServiceAccount's, if asked)."""
+        for name in names:
+            account = CONTROLLER_SERVICE_ACCOUNTS.get(name)
+            if self.credentials is not None and account and name not in self.clients:
+                self.clients[name] = await self.credentials.client_for(account)
 
     def construct(self, name: str) -> Any:
         """A new instance of a registered controller, on the shared informers."""
         view = _RecordingFactory(self.informers)
-        context = ControllerContext(self.client, view, self.options,  # type: ignore[arg-type]
-                                    host=self.host)
+        context = ControllerContext(self.clients.get(name, self.client), view,  # type: ignore[arg-type]
+                                    self.options, host=self.host)
         controller = CONTROLLERS[name](context)
         self._views[name] = view
         self.controllers[name] = controller
@@ -183,11 +197,13 @@ class ControllerManager:
 
     async def run(self) -> None:
         """Build, sync and run the enabled controllers until cancelled."""
-        for name in enabled_controllers(self.options):
-            self.construct(name)
-            log.info("built controller %s", name)
+        names = enabled_controllers(self.options)
         tasks: list[asyncio.Task] = []
         try:
+            await self.make_clients(names)
+            for name in names:
+                self.construct(name)
+                log.info("built controller %s", name)
             await self.sync_informers()
             log.info("informers synced; starting %d controllers", len(self.controllers))
             tasks = [asyncio.create_task(self._supervise(name), name=name)
@@ -199,6 +215,9 @@ class ControllerManager:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.informers.shutdown()
+            if self.credentials is not None:
+                await self.credentials.close()
+                self.clients.clear()
 
     async def _supervise(self, name: str) -> None:
         backoff = Backoff(self.restart_backoff, 60.0, reset_after=300.0)

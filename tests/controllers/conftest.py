@@ -28,7 +28,10 @@ def manager_flags(cluster: Cluster, *extra: str) -> list[str]:
     """The command line of a controller manager for `cluster`: kubeadm's flags with
     leader election off and periods of seconds."""
     pki = cluster.pki
-    return [f"--kubeconfig={cluster.kubeconfig}", "--leader-elect=false", "--secure-port=0",
+    # The deploy's identity (system:kube-controller-manager), so RBAC is as on a cluster:
+    # the manager lists and watches, each controller writes as its own ServiceAccount.
+    kubeconfig = cluster.state / "kubeconfigs" / "controller-manager.conf"
+    return [f"--kubeconfig={kubeconfig}", "--leader-elect=false", "--secure-port=0",
             f"--root-ca-file={pki / 'ca.crt'}", f"--client-ca-file={pki / 'ca.crt'}",
             f"--service-account-private-key-file={pki / 'sa.key'}",
             "--use-service-account-credentials=true", "--cluster-name=kubesmith",
