@@ -18,8 +18,7 @@ from aiohttp import web
 from kubesmith.apiserver.main import setup_logging
 from kubesmith.client.kubeconfig import KubeconfigError
 from kubesmith.controllers import options as flags
-# One self-signed serving certificate maker for the control-plane components.
-from kubesmith.scheduler.main import self_signed_context
+from kubesmith.serving import self_signed_context
 
 log = logging.getLogger(__name__)
 
