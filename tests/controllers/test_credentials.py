@@ -1,6 +1,6 @@
-"""Controllers as their own ServiceAccounts: the system:controller:* bootstrap roles, the
-manager's own narrow identity, and ServiceAccountCredentials' clients and token renewal,
-against the real API server."""
+"""Controllers as their own ServiceAccounts: ServiceAccountCredentials' clients and
+token renewal, the manager's own narrow identity, and controllers writing as their
+accounts against the real API server (the roles: tests/apiserver/test_controller_roles)."""
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +19,6 @@ from kubesmith.controllers.credentials import (CONTROLLER_SERVICE_ACCOUNTS,
                                                ServiceAccountCredentials)
 from kubesmith.controllers.manager import ControllerManager, load_controllers
 from tests.controllers.conftest import manager_flags
-
-RBAC = "rbac.authorization.k8s.io"
 
 
 def _deployment(name: str) -> dict:
@@ -54,7 +52,7 @@ async def _forbidden(call) -> bool:
     return False
 
 
-# --- policy and mapping (no server) ------------------------------------------------------
+# --- mapping and client configs (no server) -------------------------------------------
 
 def test_every_registered_controller_has_an_account_with_a_role():
     accounts = set(bootstrap_policy.controller_service_accounts())
@@ -64,23 +62,6 @@ def test_every_registered_controller_has_an_account_with_a_role():
         assert name in CONTROLLER_SERVICE_ACCOUNTS, name
     for account in CONTROLLER_SERVICE_ACCOUNTS.values():
         assert account in accounts | namespaced, account
-
-
-def test_controller_roles_are_bound_to_their_service_accounts():
-    roles = {r["metadata"]["name"]: r for r in bootstrap_policy.cluster_roles()}
-    bindings = {b["metadata"]["name"]: b for b in bootstrap_policy.cluster_role_bindings()}
-    for account in bootstrap_policy.controller_service_accounts():
-        name = "system:controller:" + account
-        role = roles[name]
-        assert role["metadata"]["labels"]["kubernetes.io/bootstrapping"] == "rbac-defaults"
-        assert bindings[name]["roleRef"] == {"apiGroup": RBAC, "kind": "ClusterRole",
-                                             "name": name}
-        assert bindings[name]["subjects"] == [
-            {"kind": "ServiceAccount", "name": account, "namespace": "kube-system"}]
-    events = {"verbs": ["create", "patch", "update"], "apiGroups": ["", "events.k8s.io"],
-              "resources": ["events"]}
-    assert events in roles["system:controller:deployment-controller"]["rules"]
-    assert events not in roles["system:controller:pod-garbage-collector"]["rules"]
 
 
 def test_token_only_config_keeps_server_verification_and_drops_the_certificate(cluster):
@@ -165,32 +146,6 @@ def test_renewal_keeps_the_token_through_failures(monkeypatch):
     asyncio.run(asyncio.wait_for(scenario(), 10))
 
 # --- against the API server ---------------------------------------------------------------
-
-def test_bootstrap_creates_the_controller_roles(cluster):
-    for account in ("deployment-controller", "generic-garbage-collector", "node-controller",
-                    "legacy-service-account-token-cleaner"):
-        name = f"system:controller:{account}"
-        role = cluster.request("GET", f"/apis/{RBAC}/v1/clusterroles/{name}")
-        assert role.status == 200, role.body
-        assert role.json()["metadata"]["annotations"][
-            "rbac.authorization.kubernetes.io/autoupdate"] == "true"
-        binding = cluster.request("GET", f"/apis/{RBAC}/v1/clusterrolebindings/{name}")
-        assert binding.status == 200, binding.body
-        assert binding.json()["subjects"][0]["name"] == account
-    cleaner = cluster.request("GET", f"/apis/{RBAC}/v1/namespaces/kube-system/roles/"
-                                     "system:controller:token-cleaner")
-    assert cleaner.status == 200, cleaner.body
-
-
-def test_kubectl_auth_can_i_as_a_controller(cluster):
-    who = "--as=system:serviceaccount:kube-system:deployment-controller"
-    answer = cluster.kubectl("auth", "can-i", "update", "deployments.apps",
-                             "--subresource=status", who, "-n", "default")
-    assert answer.stdout.strip() == "yes"
-    answer = cluster.kubectl("auth", "can-i", "delete", "secrets", who, "-n", "default",
-                             check=False)
-    assert answer.stdout.strip() == "no"
-
 
 def test_controller_clients_act_as_their_service_accounts(cluster, connect):
     namespace = cluster.new_namespace("creds-")
