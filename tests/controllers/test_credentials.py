@@ -207,26 +207,11 @@ def test_tokens_are_renewed_before_they_expire(cluster, connect):
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
-class _AccountsManager(ControllerManager):
-    """What --use-service-account-credentials makes of the manager: shared informers on
-    the manager's own client, each controller's writes on its account's client."""
-
-    def __init__(self, root: ApiClient, options, clients: dict[str, ApiClient]):
-        super().__init__(root, options, host="test")
-        self.clients = clients
-
-    def construct(self, name: str):
-        root, self.client = self.client, self.clients.get(name, self.client)
-        try:
-            return super().construct(name)
-        finally:
-            self.client = root
-
-
 def test_workload_controllers_work_as_their_accounts(cluster, connect):
-    """Deployment -> ReplicaSet -> pods, and the cascade on delete, with the manager's
-    identity only listing and watching: every write the controllers make is allowed by
-    their system:controller:* roles."""
+    """The manager with --use-service-account-credentials: Deployment -> ReplicaSet ->
+    pods, and the cascade on delete, while the manager's identity only lists and
+    watches; every write the controllers make is allowed by their system:controller:*
+    roles."""
     namespace = cluster.new_namespace("creds-", default_service_account=True)
     names = ["deployment", "replicaset", "garbagecollector"]
     options = flags.parse(manager_flags(cluster, "--controllers=" + ",".join(names)))
@@ -239,11 +224,8 @@ def test_workload_controllers_work_as_their_accounts(cluster, connect):
         return value
 
     async def scenario():
-        async with connect() as admin, _manager_client(cluster) as root, \
-                ServiceAccountCredentials(root) as credentials:
-            clients = {name: await credentials.client_for(CONTROLLER_SERVICE_ACCOUNTS[name])
-                       for name in names}
-            manager = _AccountsManager(root, options, clients)
+        async with connect() as admin, _manager_client(cluster) as root:
+            manager = ControllerManager(root, options, host="test")
             running = asyncio.create_task(manager.run())
             try:
                 await asyncio.wait_for(manager.started.wait(), 30)
@@ -275,6 +257,8 @@ def test_workload_controllers_work_as_their_accounts(cluster, connect):
 
                 await until(gone, "the ReplicaSet and pods collected")
                 assert not manager.restarts, manager.restarts
+                assert {n: c.user_agent.rsplit("/", 1)[1] for n, c in manager.clients.items()} \
+                    == {n: CONTROLLER_SERVICE_ACCOUNTS[n] for n in names}
             finally:
                 running.cancel()
                 await asyncio.gather(running, return_exceptions=True)
