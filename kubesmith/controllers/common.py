@@ -6,10 +6,14 @@
     is_pod_ready / is_pod_available  readiness as upstream reads it (minReadySeconds)
     deletion_rank(pod)               upstream's ActivePods order: the first go first
     Expectations                     creations/deletions asked for and not yet seen
-    ClaimSet                         adopt orphans that match, release owned that do not
+    claim(...)                       adopt orphans that match, release owned that do not
     compute_hash(template, n)        FNV-32a of a template, in the safe-encoding alphabet
     resolve_int_or_percent           maxSurge / maxUnavailable against a replica count
+    slow_start_batches(n)            creation batches 1, 2, 4, ...
+    set_condition / write_status     status conditions, and status written with PUT
     QueueController                  a work queue, keys of one kind, run(workers)
+    ServicePodTracker                Services re-queued when their pods change (endpoints)
+    ensure_revision / truncate_...   ControllerRevisions (DaemonSet, StatefulSet)
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import orjson
 
 from kubesmith.api.validation import selector_is_empty, selector_matches
 from kubesmith.client.informers import DeletedFinalStateUnknown, namespace_key
-from kubesmith.client.rest import ApiClient, ApiError, is_not_found
+from kubesmith.client.rest import ApiClient, ApiError, is_already_exists, is_not_found
 from kubesmith.client.workqueue import WorkQueue, run_workers
 
 log = logging.getLogger(__name__)
@@ -487,7 +491,7 @@ async def ensure_revision(client: ApiClient, owner: Obj, revisions: list[Obj],
     try:
         created = await client.create(REVISIONS, body, meta(owner)["namespace"])
     except ApiError as exc:
-        if getattr(exc, "reason", "") != "AlreadyExists":
+        if not is_already_exists(exc):
             raise
         created = await client.get(REVISIONS, body["metadata"]["name"], meta(owner)["namespace"])
         if not is_controlled_by(created, owner) or created.get("data") != data:

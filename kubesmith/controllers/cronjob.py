@@ -242,7 +242,8 @@ class CronJobController(QueueController):
             if job is None:
                 # The cache may lag behind a Job just made: ask before dropping it.
                 try:
-                    job = await self.client.get(JOBS, ref.get("name", ""), meta(cronjob)["namespace"])
+                    job = await self.client.get(JOBS, ref.get("name", ""),
+                                                meta(cronjob)["namespace"])
                 except ApiError as exc:
                     if not is_not_found(exc):
                         raise

@@ -191,7 +191,8 @@ class JobController(QueueController):
         deadline = spec.get("activeDeadlineSeconds")
         requeue: float | None = None
         if failed + restarts > backoff_limit:
-            finished_reason = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            finished_reason = ("BackoffLimitExceeded",
+                               "Job has reached the specified backoff limit")
         elif deadline is not None and started is not None and not suspended:
             if now - started >= deadline:
                 finished_reason = ("DeadlineExceeded",
