@@ -5,8 +5,8 @@ The schedule is standard cron (`Schedule`): five fields — minute, hour, day of
 month, day of week — each "*", a number, a name (jan..dec, sun..sat), a range "a-b",
 a step "*/n" or "a-b/n", or a comma list of these; 7 is Sunday as well as 0; when both
 day fields are restricted a day matching either runs (as robfig/cron, which upstream
-uses); and the descriptors @yearly, @annually, @monthly, @weekly, @daily, @midnight,
-@hourly. Times are in spec.timeZone when given, UTC otherwise.
+uses); the descriptors @yearly, @annually, @monthly, @weekly, @daily, @midnight,
+@hourly, and "@every <duration>". Times are in spec.timeZone when given, UTC otherwise.
 
 Per sync: status.active follows the CronJob's Jobs (finished ones leave it, and
 lastSuccessfulTime records the last completion); unless suspended, the most recent
@@ -20,6 +20,7 @@ constructor argument so the due computation can be tested without waiting.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Callable
@@ -145,6 +146,32 @@ class Schedule:
         return None
 
 
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+class EverySchedule:
+    """"@every <duration>" (a Go duration: 1h30m, 5m, 90s): a fixed interval, whole
+    seconds, as robfig/cron's ConstantDelaySchedule."""
+
+    def __init__(self, text: str):
+        duration = text.strip()[len("@every"):].strip()
+        parts = _DURATION.findall(duration)
+        if not parts or "".join(n + u for n, u in parts) != duration:
+            raise ScheduleError(f"failed to parse duration {duration!r}")
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+        self.delay = timedelta(seconds=max(int(seconds), 1))
+
+    def next(self, after: datetime) -> datetime | None:
+        return after.replace(microsecond=0) + self.delay
+
+
+def parse_schedule(text: str) -> Schedule | EverySchedule:
+    if text.strip().startswith("@every"):
+        return EverySchedule(text)
+    return Schedule(text)
+
+
 def _zone(name: str | None) -> tzinfo:
     if not name:
         return timezone.utc
@@ -152,7 +179,7 @@ def _zone(name: str | None) -> tzinfo:
     return ZoneInfo(name)
 
 
-def most_recent_due(schedule: Schedule, earliest: float, now: float, zone: tzinfo = timezone.utc
+def most_recent_due(schedule: Schedule | EverySchedule, earliest: float, now: float, zone: tzinfo = timezone.utc
                     ) -> tuple[float | None, int, float | None]:
     """(the latest schedule time in (earliest, now], how many there were, the next one
     after now) — upstream's mostRecentScheduleTime, in seconds since the epoch."""
@@ -274,7 +301,7 @@ class CronJobController(QueueController):
         spec = cronjob.get("spec") or {}
         now = self.clock()
         try:
-            schedule = Schedule(spec.get("schedule", ""))
+            schedule = parse_schedule(spec.get("schedule", ""))
             zone = _zone(spec.get("timeZone"))
         except (ScheduleError, ValueError, KeyError) as exc:
             self.recorder.emit(cronjob, "Warning", "UnparseableSchedule",

@@ -16,7 +16,13 @@ from kubesmith.controllers.common import (
     safe_encode,
     slow_start_batches,
 )
-from kubesmith.controllers.cronjob import Schedule, ScheduleError, job_name, most_recent_due
+from kubesmith.controllers.cronjob import (
+    Schedule,
+    ScheduleError,
+    job_name,
+    most_recent_due,
+    parse_schedule,
+)
 from kubesmith.controllers.daemonset import node_should_run, pod_node
 from kubesmith.controllers.deployment import equal_ignore_hash, fenceposts, new_rs_replicas
 from kubesmith.controllers.job import format_indexes
@@ -255,3 +261,17 @@ def test_most_recent_due_in_a_time_zone():
                                             utc(2024, 1, 10, 15).timestamp(), zone)
     assert due == utc(2024, 1, 10, 14).timestamp() and missed == 1
     assert upcoming == utc(2024, 1, 11, 14).timestamp()
+
+
+def test_every_schedule():
+    every = parse_schedule("@every 1h30m")
+    assert every.next(utc(2024, 1, 1, 10, 0, 0)) == utc(2024, 1, 1, 11, 30)
+    assert parse_schedule("@every 90s").next(utc(2024, 1, 1)) == utc(2024, 1, 1, 0, 1, 30)
+    due, missed, upcoming = most_recent_due(parse_schedule("@every 10m"),
+                                            utc(2024, 1, 1).timestamp(),
+                                            utc(2024, 1, 1, 0, 25).timestamp())
+    assert (due, missed) == (utc(2024, 1, 1, 0, 20).timestamp(), 2)
+    assert upcoming == utc(2024, 1, 1, 0, 30).timestamp()
+    for bad in ("@every", "@every 5x", "@every 5m junk"):
+        with pytest.raises(ScheduleError):
+            parse_schedule(bad)
