@@ -31,7 +31,7 @@ import platform
 import sys
 import time
 from collections import deque
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -225,6 +225,10 @@ class ApiClient:
         self._session: aiohttp.ClientSession | None = None
         self._token = config.token
         self._token_read = time.monotonic()
+        # Called with the time.monotonic() a request was sent at when the server answers
+        # it 401: a token source can then renew a token the server no longer accepts
+        # (client-go resets its cached token the same way).
+        self.on_unauthorized: Callable[[float], None] | None = None
 
     @classmethod
     def from_kubeconfig(cls, path, *, context: str | None = None, **options) -> "ApiClient":
@@ -309,6 +313,7 @@ class ApiClient:
         timeout = timeout or aiohttp.ClientTimeout(total=self.timeout)
         for attempt in range(self.max_retries + 1):
             await self.limiter.wait()
+            sent = time.monotonic()
             try:
                 response = await self._session_for_use().request(
                     method, url, data=data, headers=self._headers(content_type),
@@ -319,6 +324,8 @@ class ApiClient:
                 response.release()
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 raise TransportError(f"{method} {path}: {exc or type(exc).__name__}") from exc
+            if response.status == 401 and self.on_unauthorized is not None:
+                self.on_unauthorized(sent)
             delay = self._retry_delay(response.status, response.headers.get("Retry-After"))
             if delay is None or attempt == self.max_retries:
                 raise ApiError.from_response(response.status, payload)

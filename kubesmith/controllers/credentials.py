@@ -18,7 +18,7 @@ import asyncio
 import datetime
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kubesmith.client.rest import (ApiClient, ApiError, TransportError, is_already_exists,
                                    is_not_found, resource_path, resource_type)
@@ -31,6 +31,8 @@ TOKEN_EXPIRATION_SECONDS = 3600
 REFRESH_AT = 0.8            # fraction of a token's life after which it is renewed
 RETRY_INITIAL, RETRY_MAX = 1.0, 30.0
 MIN_REFRESH_DELAY = 1.0
+# A token refused (401) is renewed at once, but not more often than this.
+MIN_REISSUE_INTERVAL = 1.0
 TOKEN_WAIT = 10.0           # how long a just-made account may take to become visible
 
 # kubesmith's controller names (--controllers) -> the account each one writes as
@@ -86,7 +88,15 @@ def _expires_in(token_request: dict, asked: int) -> float:
 class _Account:
     client: ApiClient
     refresher: asyncio.Task | None = None
-    expires_at: float = 0.0     # time.monotonic() when the current token ends
+    issued_at: float = 0.0      # time.monotonic() when the current token was set
+    expires_at: float = 0.0     # ... and when it ends
+    # Set when the server refused the current token (a deleted and remade account,
+    # say): the refresher renews it now rather than at its usual time.
+    refused: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_unauthorized(self, sent: float) -> None:
+        if sent >= self.issued_at:      # not a request made with an older token
+            self.refused.set()
 
 
 class ServiceAccountCredentials:
@@ -123,7 +133,9 @@ class ServiceAccountCredentials:
                                burst=root.limiter.burst, timeout=root.timeout,
                                max_retries=root.max_retries)
             client.user_agent = f"{root.user_agent}/{service_account}"
-            account = _Account(client, expires_at=time.monotonic() + lifetime)
+            now = time.monotonic()
+            account = _Account(client, issued_at=now, expires_at=now + lifetime)
+            client.on_unauthorized = account.on_unauthorized
             account.refresher = asyncio.create_task(
                 self._keep_fresh(service_account, account, lifetime),
                 name=f"token-refresh-{service_account}")
@@ -192,18 +204,30 @@ class ServiceAccountCredentials:
     async def _keep_fresh(self, name: str, account: _Account, lifetime: float) -> None:
         delay = max(lifetime * self.refresh_at, MIN_REFRESH_DELAY)
         retry = RETRY_INITIAL
+        pause = MIN_REISSUE_INTERVAL    # the least time between two token requests
+        attempted = time.monotonic()
         while True:
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.wait_for(account.refused.wait(), delay)
+                log.info("ServiceAccount %s/%s: token refused; renewing it", self.namespace,
+                         name)
+                await asyncio.sleep(attempted + pause - time.monotonic())
+            except asyncio.TimeoutError:
+                pass
+            account.refused.clear()
+            attempted = time.monotonic()
             try:
                 token, lifetime = await self._issue(name)
             except (ApiError, TransportError, RuntimeError) as err:
-                # Keep the current token while it lasts; try again soon.
+                # Keep the current token while it lasts; try again after a backoff.
                 left = account.expires_at - time.monotonic()
                 log.warning("renewing the token of ServiceAccount %s/%s failed (%s); "
                             "current token valid %.0fs more", self.namespace, name, err, left)
-                delay, retry = retry, min(retry * 2, RETRY_MAX)
+                delay = pause = retry
+                retry = min(retry * 2, RETRY_MAX)
                 continue
             account.client.set_token(token)
-            account.expires_at = time.monotonic() + lifetime
-            retry = RETRY_INITIAL
+            account.issued_at = time.monotonic()
+            account.expires_at = account.issued_at + lifetime
+            retry, pause = RETRY_INITIAL, MIN_REISSUE_INTERVAL
             delay = max(lifetime * self.refresh_at, MIN_REFRESH_DELAY)

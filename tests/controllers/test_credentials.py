@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import uuid
 
 import pytest
 
@@ -13,7 +14,7 @@ from kubesmith.apiserver import bootstrap_policy
 from kubesmith.client.kubeconfig import ClientConfig
 from kubesmith.client.ratelimit import TokenBucket
 from kubesmith.client.rest import (ApiClient, ApiError, TransportError, is_conflict,
-                                   is_forbidden)
+                                   is_forbidden, is_unauthorized)
 from kubesmith.controllers import credentials as credentials_module
 from kubesmith.controllers import options as flags
 from kubesmith.controllers.credentials import (CONTROLLER_SERVICE_ACCOUNTS,
@@ -215,6 +216,39 @@ def test_tokens_are_renewed_before_they_expire(cluster, connect):
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
+
+def test_a_refused_token_is_renewed_at_once(cluster, connect):
+    """A deleted ServiceAccount's tokens stop working: the first 401 makes the account
+    again and fetches a new token, long before the usual renewal."""
+    account = f"credentials-test-{uuid.uuid4().hex[:6]}"
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    reviews = "selfsubjectreviews.authentication.k8s.io"
+
+    async def scenario():
+        async with connect() as admin, ServiceAccountCredentials(admin) as credentials:
+            client = await credentials.client_for(account)
+            await client.create(reviews, review)
+            first = await admin.get("v1 serviceaccounts", account, "kube-system")
+            await admin.delete("v1 serviceaccounts", account, "kube-system")
+            deadline = time.monotonic() + 20
+            refused = False
+            while True:
+                assert time.monotonic() < deadline, f"refused={refused}, never renewed"
+                try:
+                    answer = await client.create(reviews, review)
+                    if refused:
+                        break
+                except ApiError as err:
+                    assert is_unauthorized(err), err
+                    refused = True
+                await asyncio.sleep(0.1)
+            assert answer["status"]["userInfo"]["username"] == \
+                f"system:serviceaccount:kube-system:{account}"
+            again = await admin.get("v1 serviceaccounts", account, "kube-system")
+            assert again["metadata"]["uid"] != first["metadata"]["uid"]
+            await admin.delete("v1 serviceaccounts", account, "kube-system")
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 def test_workload_controllers_work_as_their_accounts(cluster, connect):
     """The manager with --use-service-account-credentials: Deployment -> ReplicaSet ->
