@@ -364,6 +364,14 @@ class DeploymentController(QueueController):
             created = await self.client.create(RS, body, meta(d)["namespace"])
         except ApiError as exc:
             if not is_already_exists(exc):
+                # A quota, say: upstream's ReplicaSetCreateError, until a sync succeeds.
+                message = f'Failed to create new replica set "{name}": {exc.message or exc}'
+                self.recorder.emit(d, "Warning", "FailedCreate", message)
+                status = dict(d.get("status") or {})
+                set_condition(status, condition("Progressing", "False",
+                                                "ReplicaSetCreateError", message))
+                await write_status(self.client, DEPLOYMENTS, d,
+                                   {"conditions": status["conditions"]})
                 raise
             existing = await self.client.get(RS, name, meta(d)["namespace"])
             if is_controlled_by(existing, d) and equal_ignore_hash(

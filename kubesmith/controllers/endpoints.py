@@ -8,7 +8,8 @@ whose subdomain is the Service's name, hostname. Ports are the Service's ports w
 named targetPorts looked up in the pod's containers; pods that have not all the same
 ports go into subsets of their own (upstream's RepackSubsets). Services without a
 selector are left alone (their Endpoints are someone else's), and the Endpoints of a
-deleted Service are deleted.
+deleted Service are deleted. Past 1000 addresses the object is truncated and annotated
+endpoints.kubernetes.io/over-capacity: truncated, as upstream.
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 HEADLESS_LABEL = "service.kubernetes.io/headless"
+OVER_CAPACITY = "endpoints.kubernetes.io/over-capacity"
+MAX_ADDRESSES = 1000    # upstream's maxCapacity: more go to EndpointSlices only
 
 
 def is_headless(service: Obj) -> bool:
@@ -94,6 +97,30 @@ def desired_subsets(service: Obj, pods: list[Obj]) -> list[Obj]:
     return subsets
 
 
+def truncate(subsets: list[Obj], limit: int = MAX_ADDRESSES) -> tuple[list[Obj], bool]:
+    """At most `limit` addresses, ready ones kept first, shared out over the subsets in
+    proportion to their sizes (upstream's truncateEndpoints); (subsets, truncated)."""
+    total = sum(len(s.get("addresses") or []) + len(s.get("notReadyAddresses") or [])
+                for s in subsets)
+    if total <= limit:
+        return subsets, False
+    out = []
+    for subset in subsets:
+        size = len(subset.get("addresses") or []) + len(subset.get("notReadyAddresses") or [])
+        keep = size * limit // total
+        trimmed = dict(subset)
+        ready = (subset.get("addresses") or [])[:keep]
+        not_ready = (subset.get("notReadyAddresses") or [])[:keep - len(ready)]
+        trimmed.pop("addresses", None)
+        trimmed.pop("notReadyAddresses", None)
+        if ready:
+            trimmed["addresses"] = ready
+        if not_ready:
+            trimmed["notReadyAddresses"] = not_ready
+        out.append(trimmed)
+    return out, True
+
+
 @register("endpoint")
 class EndpointsController(ServicePodTracker):
     queue_name = "endpoint"
@@ -123,15 +150,21 @@ class EndpointsController(ServicePodTracker):
         if not spec.get("selector") or spec.get("type") == "ExternalName":
             # Not this controller's: no selector, or a name rather than endpoints.
             return None
-        subsets = desired_subsets(service, self.selected_pods(service))
+        subsets, over_capacity = truncate(desired_subsets(service, self.selected_pods(service)))
         current = self.endpoints.lister.get(name, namespace)
         labels = dict(meta(service).get("labels") or {})
         if is_headless(service):
             labels[HEADLESS_LABEL] = ""
         if current is not None and (current.get("subsets") or []) == subsets \
-                and (meta(current).get("labels") or {}) == labels:
+                and (meta(current).get("labels") or {}) == labels \
+                and ((meta(current).get("annotations") or {}).get(OVER_CAPACITY) is not None) \
+                == over_capacity:
             return None
         annotations = dict((meta(current).get("annotations") or {}) if current else {})
+        if over_capacity:
+            annotations[OVER_CAPACITY] = "truncated"
+        else:
+            annotations.pop(OVER_CAPACITY, None)
         if trigger:
             annotations[TRIGGER_TIME] = trigger
         else:

@@ -971,6 +971,21 @@ def test_deployment_progress_deadline_and_min_ready_seconds(cluster):
             await eventually(lambda: _status_is(client, "apps/v1 deployments", "slow",
                                                 namespace, availableReplicas=1), timeout=15)
             assert time.monotonic() - ready_at >= 1.0
+
+            # A quota that refuses a new ReplicaSet: Progressing False ReplicaSetCreateError.
+            await client.create("v1 resourcequotas", {
+                "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "sets"},
+                "spec": {"hard": {"count/replicasets.apps": "2"}}}, namespace)
+            await asyncio.sleep(0.5)
+            await client.patch("apps/v1 deployments", "slow", {"spec": {"template": {
+                "spec": {"containers": [container("img:2")]}}}}, namespace)
+
+            async def create_error():
+                status = await get_status(client, "apps/v1 deployments", "slow", namespace)
+                return [c for c in status.get("conditions") or []
+                        if c["type"] == "Progressing" and c["reason"] == "ReplicaSetCreateError"]
+            [condition] = await eventually(create_error)
+            assert condition["status"] == "False" and "quota" in condition["message"].lower()
     run(main())
 
 

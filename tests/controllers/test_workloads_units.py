@@ -275,3 +275,17 @@ def test_every_schedule():
     for bad in ("@every", "@every 5x", "@every 5m junk"):
         with pytest.raises(ScheduleError):
             parse_schedule(bad)
+
+
+def test_endpoints_truncated_past_capacity():
+    from kubesmith.controllers.endpoints import truncate
+    subsets = [{"addresses": [{"ip": f"10.0.0.{i}"} for i in range(6)],
+                "notReadyAddresses": [{"ip": f"10.0.1.{i}"} for i in range(2)],
+                "ports": [{"port": 80}]},
+               {"addresses": [{"ip": f"10.0.2.{i}"} for i in range(4)],
+                "ports": [{"port": 81}]}]
+    assert truncate(subsets, limit=12) == (subsets, False)
+    trimmed, truncated = truncate(subsets, limit=6)
+    assert truncated
+    assert [len(s.get("addresses", [])) for s in trimmed] == [4, 2]
+    assert all("notReadyAddresses" not in s for s in trimmed)     # ready ones first
