@@ -46,7 +46,7 @@ from kubesmith.controllers.options import (
 log = logging.getLogger(__name__)
 
 # The process's own modules; every other module of the package may hold controllers.
-_NOT_CONTROLLERS = {"main", "manager", "options", "context"}
+_NOT_CONTROLLERS = {"main", "manager", "options", "context", "credentials", "common"}
 SYNC_WAIT_LOG_EVERY = 30.0
 EXIT_LEADERSHIP_LOST = 1
 

@@ -10,8 +10,9 @@ at start instead of being ignored.
 A name upstream knows that kubesmith does not implement is reported and skipped; a name
 upstream does not know is an error.
 
---use-service-account-credentials is accepted, but every controller shares the one
-client of --kubeconfig (upstream gives each controller a service account of its own).
+--use-service-account-credentials gives each controller a client of its own
+ServiceAccount in kube-system, as upstream (credentials.py); without it every controller
+writes with the client of --kubeconfig.
 """
 from __future__ import annotations
 
