@@ -360,7 +360,6 @@ class DaemonSetController(QueueController):
         template = copy.deepcopy((ds.get("spec") or {}).get("template") or {})
         template.setdefault("metadata", {}).setdefault("labels", {})[REVISION_HASH_LABEL] = digest
         template.setdefault("spec", {})["tolerations"] = daemon_tolerations(template["spec"])
-        error: BaseException | None = None
 
         async def create(node: str) -> None:
             pod = pod_from_template(template, ds)
@@ -386,6 +385,9 @@ class DaemonSetController(QueueController):
             self.recorder.emit(ds, "Normal", "SuccessfulDelete",
                                f"Deleted pod: {meta(pod)['name']}")
 
+        # Deletions first: a surge rollout then never runs more pods than it allows.
+        results = await asyncio.gather(*(delete(p) for p in to_delete), return_exceptions=True)
+        error = next((r for r in results if isinstance(r, BaseException)), None)
         pending = list(to_create)
         for batch in slow_start_batches(len(pending)):
             chunk, pending = pending[:batch], pending[batch:]
@@ -394,10 +396,8 @@ class DaemonSetController(QueueController):
             if failures:
                 for _ in pending:
                     self.expectations.creation_failed(key)
-                error = failures[0]
+                error = error or failures[0]
                 break
-        results = await asyncio.gather(*(delete(p) for p in to_delete), return_exceptions=True)
-        error = error or next((r for r in results if isinstance(r, BaseException)), None)
         if error is not None:
             raise error
 
