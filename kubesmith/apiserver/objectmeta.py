@@ -62,9 +62,21 @@ def meta(obj: Obj) -> Obj:
     return value
 
 
+# ObjectMeta fields Go encodes with omitempty: an empty one is not stored (a patch that
+# removes the last owner reference leaves no `ownerReferences: []`, as upstream).
+_OMIT_EMPTY = ("labels", "annotations", "ownerReferences", "finalizers", "managedFields")
+
+
+def _drop_empty(m: Obj) -> None:
+    for key in _OMIT_EMPTY:
+        if key in m and not m[key]:
+            del m[key]
+
+
 def fill_create(rt: ResourceType, obj: Obj) -> None:
     """uid, creationTimestamp, generation; clears what a client may not set on create."""
     m = meta(obj)
+    _drop_empty(m)
     m["uid"] = str(uuid.uuid4())
     m["creationTimestamp"] = timestamp()
     for key in ("deletionTimestamp", "deletionGracePeriodSeconds", "selfLink",
@@ -83,6 +95,7 @@ def spec_part(obj: Obj) -> dict:
 def keep_system_fields(rt: ResourceType, new: Obj, old: Obj) -> None:
     """On update, fields only the server sets keep their stored values."""
     m, old_m = meta(new), meta(old)
+    _drop_empty(m)
     for key in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
                 "generation"):
         if key in old_m:

@@ -299,3 +299,24 @@ def test_kubectl_apply_and_patch(kubectl):
     assert dep["metadata"]["annotations"]["note"] == "b"
     names = {m for m, _ in managers(dep)}
     assert {"kubectl-set", "kubectl-patch", "kubectl-label", "kubectl-annotate"} <= names
+
+
+def test_empty_metadata_lists_are_not_stored(cluster):
+    """ObjectMeta's lists and maps are omitempty upstream: removing the last owner
+    reference or finalizer leaves no empty field behind."""
+    ns = cluster.new_namespace("omit-")
+    path = f"/api/v1/namespaces/{ns}/configmaps"
+    body = {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "finalizers": ["example.com/hold"], "labels": {},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap",
+                                              "name": "owner", "uid": "1234"}]}}
+    created = cluster.request("POST", path, body)
+    assert created.status == 201, created.body
+    assert "labels" not in created.json()["metadata"]
+    patched = cluster.request("PATCH", path + "/c", {"metadata": {
+        "ownerReferences": [{"$patch": "delete", "uid": "1234"}],
+        "finalizers": None}}, content_type="application/strategic-merge-patch+json")
+    assert patched.status == 200, patched.body
+    meta = patched.json()["metadata"]
+    assert "ownerReferences" not in meta and "finalizers" not in meta
+    assert cluster.request("DELETE", path + "/c").status == 200
