@@ -4,11 +4,8 @@ by kubectl, its Service's Endpoints and EndpointSlice, and the garbage collector
 removing its ReplicaSet and pods after it."""
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
-import uuid
 
 from tests.controllers.conftest import wait_for
 
@@ -19,13 +16,11 @@ def _items(cluster, path: str) -> list[dict]:
     return answer.json()["items"]
 
 
-def _start(cluster, pod: dict, node: str, ip: str) -> None:
-    """What a kubelet would do: bind the pod and report it Running and Ready."""
+def _start(cluster, pod: dict, ip: str) -> None:
+    """Report the pod Running and Ready, as its kubelet would. The pod stays unbound:
+    a node without a kubelet would be found silent by the node lifecycle controller,
+    which would then mark the pod not ready again."""
     ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
-    answer = cluster.request("POST", f"/api/v1/namespaces/{ns}/pods/{name}/binding", {
-        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-        "target": {"kind": "Node", "name": node}})
-    assert answer.status == 201, answer.body
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     answer = cluster.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{name}/status", {
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
@@ -35,45 +30,7 @@ def _start(cluster, pod: dict, node: str, ip: str) -> None:
     assert answer.status == 200, answer.body
 
 
-@contextlib.contextmanager
-def healthy_node(cluster):
-    """A node whose "kubelet" posts Ready with a fresh heartbeat every second, so the
-    node lifecycle controller leaves it (and its pods' readiness) alone."""
-    node = f"wl-{uuid.uuid4().hex[:6]}"
-    answer = cluster.request("POST", "/api/v1/nodes", {
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
-    assert answer.status == 201, answer.body
-    stop = threading.Event()
-
-    def heartbeat():
-        while True:
-            answer = cluster.request("GET", f"/api/v1/nodes/{node}")
-            if answer.status == 200:
-                body = answer.json()
-                now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-                body["status"] = dict(body.get("status") or {}, conditions=[{
-                    "type": "Ready", "status": "True", "reason": "KubeletReady",
-                    "message": "kubelet is posting ready status",
-                    "lastHeartbeatTime": now, "lastTransitionTime": now}])
-                cluster.request("PUT", f"/api/v1/nodes/{node}/status", body)
-            if stop.wait(1.0):
-                return
-
-    heartbeat_thread = threading.Thread(target=heartbeat, daemon=True)
-    heartbeat_thread.start()
-    try:
-        yield node
-    finally:
-        stop.set()
-        heartbeat_thread.join(10)
-
-
 def test_deployment_service_and_cleanup_through_the_manager(cluster, namespace):
-    with healthy_node(cluster) as node:
-        _deployment_service_and_cleanup(cluster, namespace, node)
-
-
-def _deployment_service_and_cleanup(cluster, namespace: str, node: str) -> None:
     manifest = {"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
          "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
@@ -88,7 +45,7 @@ def _deployment_service_and_cleanup(cluster, namespace: str, node: str) -> None:
     pods = wait_for(lambda: (lambda items: items if len(items) == 2 else None)(
         _items(cluster, pods_path + "?labelSelector=app%3Dweb")), timeout=20, what="2 pods")
     for i, pod in enumerate(pods):
-        _start(cluster, pod, node, f"10.9.0.{i + 2}")
+        _start(cluster, pod, f"10.9.0.{i + 2}")
     rollout = cluster.kubectl("-n", namespace, "rollout", "status", "deployment/web",
                               "--timeout=30s", timeout=40)
     assert "successfully rolled out" in rollout.stdout
