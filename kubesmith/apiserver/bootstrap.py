@@ -1,8 +1,10 @@
 """What the API server creates at startup when it is absent: the system namespaces, the
 default RBAC policy, and the `kubernetes` Service in default (with its Endpoints).
 
-Objects are only created, never overwritten: an operator's change to a default role
-stays. (Upstream also adds missing rules to roles marked autoupdate; not done yet.)
+Objects are created when absent and never overwritten. Default roles and bindings that
+still carry rbac.authorization.kubernetes.io/autoupdate "true" are reconciled as
+upstream does at every start: rules and subjects a newer policy adds are added, nothing
+an operator added is taken away; setting the annotation to "false" stops it.
 """
 from __future__ import annotations
 
@@ -53,14 +55,47 @@ async def namespaces(srv: "APIServer") -> None:
 
 
 async def rbac(srv: "APIServer") -> None:
-    for role in bootstrap_policy.cluster_roles():
-        await ensure(srv, RBAC, "clusterroles", role)
-    for binding in bootstrap_policy.cluster_role_bindings():
-        await ensure(srv, RBAC, "clusterrolebindings", binding)
-    for role in bootstrap_policy.roles():
-        await ensure(srv, RBAC, "roles", role)
-    for binding in bootstrap_policy.role_bindings():
-        await ensure(srv, RBAC, "rolebindings", binding)
+    for plural, objects in (("clusterroles", bootstrap_policy.cluster_roles()),
+                            ("clusterrolebindings", bootstrap_policy.cluster_role_bindings()),
+                            ("roles", bootstrap_policy.roles()),
+                            ("rolebindings", bootstrap_policy.role_bindings())):
+        for obj in objects:
+            if not await ensure(srv, RBAC, plural, obj):
+                await _reconcile(srv, plural, obj)
+
+
+AUTOUPDATE = "rbac.authorization.kubernetes.io/autoupdate"
+
+
+async def _reconcile(srv: "APIServer", plural: str, wanted: dict) -> None:
+    """Add the policy's missing rules (roles) or subjects (bindings) to a stored default
+    object that still allows it."""
+    rt = REGISTRY.get(RBAC, "v1", plural)
+    meta = wanted["metadata"]
+    target = rest.Target(rt, srv.storage.for_type(rt), meta.get("namespace", "") or "",
+                         meta["name"], "")
+    field = "subjects" if plural.endswith("bindings") else "rules"
+    changed: list[bool] = []
+
+    def merge(current: dict) -> dict:
+        changed.clear()
+        annotations = (current.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(AUTOUPDATE, "true") != "true":
+            return current
+        have = current.get(field) or []
+        missing = [item for item in wanted.get(field) or [] if item not in have]
+        if missing:
+            current[field] = have + missing
+            changed.append(True)
+        return current
+
+    try:
+        await rest.update_object(srv, None, target, merge, False, manage_fields=False)
+    except errors.APIError as exc:
+        log.warning("bootstrap: could not reconcile %s %s: %s", plural, meta["name"], exc)
+        return
+    if changed:
+        log.info("bootstrap: reconciled %s %s (added %s)", plural, meta["name"], field)
 
 
 def first_service_ip(ranges) -> str | None:

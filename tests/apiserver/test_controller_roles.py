@@ -61,6 +61,20 @@ def test_a_restarted_server_adds_missing_controller_roles(cluster):
     for kind in ("clusterroles", "clusterrolebindings"):
         answer = cluster.request("DELETE", f"/apis/{RBAC}/v1/{kind}/{name}")
         assert answer.status == 200, answer.body
+    # A default role that lost a rule gets it back; one marked autoupdate=false does not;
+    # a rule an operator added stays.
+    roles = f"/apis/{RBAC}/v1/clusterroles"
+    extra = {"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get"]}
+    pruned = {}
+    for role in ("system:controller:job-controller", "system:controller:cronjob-controller"):
+        stored = cluster.request("GET", f"{roles}/{role}").json()
+        pruned[role] = stored["rules"][0]
+        stored["rules"] = stored["rules"][1:] + [extra]
+        if role.endswith("cronjob-controller"):
+            stored["metadata"]["annotations"][
+                "rbac.authorization.kubernetes.io/autoupdate"] = "false"
+        answer = cluster.request("PUT", f"{roles}/{role}", stored)
+        assert answer.status == 200, answer.body
     port = free_port()
     process = cluster.spawn(cluster.flags(port=port), cluster.base / "roles-second.log")
     try:
@@ -76,6 +90,11 @@ def test_a_restarted_server_adds_missing_controller_roles(cluster):
         for kind in ("clusterroles", "clusterrolebindings"):
             answer = cluster.request("GET", f"/apis/{RBAC}/v1/{kind}/{name}", port=port)
             assert answer.status == 200, answer.body
+        job = cluster.request("GET", f"{roles}/system:controller:job-controller").json()
+        assert pruned["system:controller:job-controller"] in job["rules"]
+        assert extra in job["rules"]
+        cron = cluster.request("GET", f"{roles}/system:controller:cronjob-controller").json()
+        assert pruned["system:controller:cronjob-controller"] not in cron["rules"]
     finally:
         process.terminate()
         process.wait(10)
