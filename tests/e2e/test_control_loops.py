@@ -18,37 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_versions import kubectl_builds
+from kubectl_versions import Kubectl, newest_kubectl
 
 pytestmark = pytest.mark.e2e
 
 # Pods tolerate their node's loss for this long (instead of the default 300 s).
 TOLERATION_SECONDS = 5
 HOLLOW_GROUPS = ("hollow-a-", "hollow-b-")    # two processes, two nodes each
-
-
-def _kubectl_binary() -> str | None:
-    builds = kubectl_builds()
-    newest = sorted((k for k in builds if k != "default"), key=lambda v: int(v.split(".")[1]))
-    return builds[newest[-1]] if newest else builds.get("default")
-
-
-class Kubectl:
-    def __init__(self, binary: str, kubeconfig: Path, home: Path):
-        self.binary = binary
-        self.env = dict(os.environ, KUBECONFIG=str(kubeconfig), HOME=str(home))
-
-    def __call__(self, *args: str, check: bool = True, input: str | None = None,
-                 timeout: float = 90) -> str:
-        result = subprocess.run([self.binary, *args], capture_output=True, text=True,
-                                env=self.env, input=input, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}")
-        return result.stdout + (result.stderr if not check else "")
-
-    def json(self, *args: str) -> dict:
-        return json.loads(self(*args, "-o", "json"))
 
 
 def wait_for(check, what: str, timeout: float = 60.0, interval: float = 0.5):
@@ -70,7 +46,7 @@ def admin_conf(deployed_lab) -> Path:
 
 @pytest.fixture(scope="module")
 def kubectl(admin_conf, tmp_path_factory) -> Kubectl:
-    binary = _kubectl_binary()
+    binary = newest_kubectl()
     if not binary:
         pytest.skip("no kubectl on PATH")
     return Kubectl(binary, admin_conf, tmp_path_factory.mktemp("kubectl-home"))

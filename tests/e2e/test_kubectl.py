@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kubectl_versions import kubectl_builds
+from kubectl_versions import Kubectl, kubectl_builds
 from labkit import DEPLOY_LAB_MASTER_IP as MASTER_IP
 from tests.apiserver.harness import issue_client_cert
 
@@ -86,25 +86,6 @@ def _builds() -> list[tuple[str, str]]:
     builds = kubectl_builds()
     versions = {k: v for k, v in builds.items() if k != "default"}
     return sorted(versions.items()) or sorted(builds.items())
-
-
-class Kubectl:
-    def __init__(self, binary: str, kubeconfig: Path, home: Path):
-        self.binary = binary
-        self.env = dict(os.environ, KUBECONFIG=str(kubeconfig), HOME=str(home))
-
-    def __call__(self, *args: str, check: bool = True, input: str | None = None,
-                 timeout: float = 60) -> str:
-        result = subprocess.run([self.binary, *args], capture_output=True, text=True,
-                                env=self.env, input=input, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}")
-        return result.stdout + (result.stderr if not check else "")
-
-    def popen(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen([self.binary, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=self.env)
 
 
 @pytest.fixture(scope="module")
