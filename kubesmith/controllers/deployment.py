@@ -383,7 +383,7 @@ class DeploymentController(QueueController):
             raise
         if replicas > 0:
             self.recorder.emit(d, "Normal", "ScalingReplicaSet",
-                               f"Scaled up replica set {name} to {replicas}")
+                               f"Scaled up replica set {name} from 0 to {replicas}")
         set_condition(d.setdefault("status", {}), condition(
             "Progressing", "True", "NewReplicaSetCreated", f'Created new replica set "{name}"'))
         return created
@@ -401,9 +401,11 @@ class DeploymentController(QueueController):
                                                 "resourceVersion": meta(rs)["resourceVersion"]},
                                    "spec": {"replicas": replicas}}, meta(rs)["namespace"])
         if size_changed:
-            direction = "up" if replicas > replicas_of(rs) else "down"
+            before = replicas_of(rs)
+            direction = "up" if replicas > before else "down"
             self.recorder.emit(d, "Normal", "ScalingReplicaSet",
-                               f"Scaled {direction} replica set {meta(rs)['name']} to {replicas}")
+                               f"Scaled {direction} replica set {meta(rs)['name']} from "
+                               f"{before} to {replicas}")
         return size_changed, updated
 
     # --- strategies -------------------------------------------------------------------

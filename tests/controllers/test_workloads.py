@@ -393,7 +393,7 @@ def test_deployment_rolling_update_and_kubectl_rollout(cluster):
             assert sorted(rs["spec"]["replicas"] for rs in rss) == [0, 4]
             events = (await client.list("v1 events", namespace))["items"]
             messages = [e["message"] for e in events if e["reason"] == "ScalingReplicaSet"]
-            assert f"Scaled up replica set web-{first_hash} to 4" in messages, messages
+            assert f"Scaled up replica set web-{first_hash} from 0 to 4" in messages, messages
 
             # kubectl rollout undo puts the first template back: the first set again,
             # with revision 3.
