@@ -6,10 +6,18 @@ flag is an error, so a typo in a unit file fails at start instead of being ignor
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
+
+from kubesmith.flags import (
+    FlagParser,
+    cidrs,
+    comma_list,
+    ip,
+    parse_duration,
+    port,
+    port_range,
+)
 
 AUTHORIZATION_MODES = ("AlwaysAllow", "AlwaysDeny", "ABAC", "Webhook", "RBAC", "Node")
 SUPPORTED_AUTHORIZATION_MODES = ("AlwaysAllow", "AlwaysDeny", "RBAC", "Node")
@@ -43,77 +51,6 @@ DEFAULT_ADMISSION_PLUGINS = ("NamespaceLifecycle", "LimitRanger", "ServiceAccoun
 
 class OptionsError(ValueError):
     pass
-
-
-def parse_bool(text: str) -> bool:
-    """Go's strconv.ParseBool."""
-    if text in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if text in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}")
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Go's time.ParseDuration ("5m", "1m30s", "250ms", "0"), in seconds."""
-    value = text.strip()
-    sign = -1.0 if value.startswith("-") else 1.0
-    value = value.lstrip("+-")
-    if value == "0":
-        return 0.0
-    total, position = 0.0, 0
-    for match in _DURATION_PART.finditer(value):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    if position != len(value) or not value:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}")
-    return sign * total
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"{text} is not a valid port")
-    return port
-
-
-def _port_range(text: str) -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)(?:-(\d+))?", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid port range {text!r} (expected LOW-HIGH)")
-    low = int(match.group(1))
-    high = int(match.group(2) or low)
-    if not 0 < low <= high < 65536:
-        raise argparse.ArgumentTypeError(f"invalid port range {text!r}")
-    return low, high
-
-
-def _cidrs(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    try:
-        nets = [ipaddress.ip_network(part.strip(), strict=True)
-                for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if not nets or len(nets) > 2:
-        raise argparse.ArgumentTypeError("expected one CIDR or a dual-stack pair")
-    return nets
-
-
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
-
-
-def _list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @dataclass
@@ -164,33 +101,23 @@ class Options:
         return [p for p in enabled if p not in self.disable_admission_plugins]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kube-apiserver", allow_abbrev=False,
-                                     description="kubesmith's Kubernetes API server")
-
-    def flag(name: str, type_=str, help_: str = "", *, boolean: bool = False, dest=None):
-        kwargs = dict(dest=dest or name.lstrip("-").replace("-", "_"), help=help_,
-                      default=argparse.SUPPRESS)
-        if boolean:
-            # pflag: a bare --flag means true; --flag=false turns it off.
-            parser.add_argument(name, nargs="?", const=True, type=parse_bool, **kwargs)
-        else:
-            parser.add_argument(name, type=type_, **kwargs)
-
-    flag("--etcd-servers", _list, "etcd client URLs, comma separated")
+def _parser() -> FlagParser:
+    parser = FlagParser("kube-apiserver", "kubesmith's Kubernetes API server", OptionsError)
+    flag = parser.flag
+    flag("--etcd-servers", comma_list, "etcd client URLs, comma separated")
     flag("--etcd-cafile", help_="CA bundle verifying the etcd members")
     flag("--etcd-certfile", help_="client certificate for etcd")
     flag("--etcd-keyfile", help_="client key for etcd")
     flag("--etcd-compaction-interval", parse_duration,
          "interval of etcd history compaction (0 disables)")
-    flag("--secure-port", _port, "HTTPS port (default 6443)")
-    flag("--bind-address", _ip, "address to listen on (default 0.0.0.0)")
-    flag("--advertise-address", _ip, "address published to the cluster")
+    flag("--secure-port", port, "HTTPS port (default 6443)")
+    flag("--bind-address", ip, "address to listen on (default 0.0.0.0)")
+    flag("--advertise-address", ip, "address published to the cluster")
     flag("--tls-cert-file", help_="serving certificate (with intermediates)")
     flag("--tls-private-key-file", help_="serving key")
     flag("--client-ca-file", help_="CA bundle verifying client certificates")
-    flag("--service-cluster-ip-range", _cidrs, "CIDR of service cluster IPs")
-    flag("--service-node-port-range", _port_range, "node port range LOW-HIGH")
+    flag("--service-cluster-ip-range", cidrs, "CIDR of service cluster IPs")
+    flag("--service-node-port-range", port_range, "node port range LOW-HIGH")
     parser.add_argument("--service-account-key-file", action="append",
                         dest="service_account_key_file", default=argparse.SUPPRESS,
                         help="public keys verifying service account tokens (repeatable)")
@@ -198,15 +125,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--service-account-issuer", action="append",
                         dest="service_account_issuer", default=argparse.SUPPRESS,
                         help="issuer of service account tokens (repeatable)")
-    flag("--api-audiences", _list, "audiences API tokens must be for (default: the first "
+    flag("--api-audiences", comma_list, "audiences API tokens must be for (default: the first "
          "--service-account-issuer)")
     flag("--service-account-max-token-expiration", parse_duration,
          "longest lifetime a TokenRequest may ask for (default unlimited)")
     flag("--service-account-extend-token-expiration", boolean=True,
          help_="issue the kubelet's 3607 s pod tokens for a year (default true)")
-    flag("--authorization-mode", _list, "ordered authorizers (default Node,RBAC)")
-    flag("--enable-admission-plugins", _list, "admission plugins besides the defaults")
-    flag("--disable-admission-plugins", _list, "default admission plugins to turn off")
+    flag("--authorization-mode", comma_list, "ordered authorizers (default Node,RBAC)")
+    flag("--enable-admission-plugins", comma_list, "admission plugins besides the defaults")
+    flag("--disable-admission-plugins", comma_list, "default admission plugins to turn off")
     flag("--anonymous-auth", boolean=True, help_="allow unauthenticated requests (default false)")
     flag("--kubelet-client-certificate", help_="client certificate for kubelets")
     flag("--kubelet-client-key", help_="client key for kubelets")
@@ -225,20 +152,13 @@ def _parser() -> argparse.ArgumentParser:
          "concurrent write requests before 429 (default 200)")
     flag("--request-timeout", parse_duration, "timeout of non-watch requests (default 1m0s)")
     flag("--min-request-timeout", int, "minimum watch timeout in seconds (default 1800)")
-    parser.add_argument("-v", "--v", type=int, dest="v", default=argparse.SUPPRESS,
-                        help="log verbosity")
+    parser.verbosity_flag()
     return parser
 
 
 def parse(argv: list[str]) -> Options:
     """Options from a command line; raises OptionsError for unknown or bad flags."""
-    parser = _parser()
-
-    def fail(message: str):
-        raise OptionsError(message)
-
-    parser.error = fail  # type: ignore[method-assign]
-    namespace = parser.parse_args(argv)
+    namespace = _parser().parse_args(argv)
     options = Options(**vars(namespace))
     check(options)
     return options

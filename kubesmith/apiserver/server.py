@@ -40,9 +40,10 @@ from kubesmith.apiserver import (
 from kubesmith.apiserver.authn import MASTERS, Authenticator, UserInfo
 from kubesmith.apiserver.context import Ctx, respond
 from kubesmith.apiserver.metrics import Metrics
-from kubesmith.apiserver.options import Options, parse_duration
+from kubesmith.apiserver.options import Options
 from kubesmith.apiserver.storage import StorageMap
 from kubesmith.apiserver.watchcache import WatchCache
+from kubesmith.flags import parse_duration
 from kubesmith.store import (
     EtcdStore,
     RequestTooLargeError,

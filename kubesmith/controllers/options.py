@@ -16,12 +16,10 @@ writes with the client of --kubeconfig.
 """
 from __future__ import annotations
 
-import argparse
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from kubesmith.apiserver.options import parse_bool, parse_duration
+from kubesmith.flags import FlagParser, cidrs_or_empty, comma_list, ip, parse_duration, port_or_zero
 
 
 class OptionsError(ValueError):
@@ -120,35 +118,6 @@ def check_controller_names(controllers: Iterable[str], known: Iterable[str]) -> 
     return problems
 
 
-def _cidrs(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    try:
-        nets = [ipaddress.ip_network(part.strip(), strict=True)
-                for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if len(nets) > 2:
-        raise argparse.ArgumentTypeError("expected one CIDR or a dual-stack pair")
-    return nets
-
-
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
-
-
-def _list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port < 65536:
-        raise argparse.ArgumentTypeError(f"{text} is not a valid port")
-    return port
-
-
 # --concurrent-<x>-syncs flags and upstream's defaults (dest: concurrent_<x>_syncs).
 CONCURRENT_SYNCS = {
     "deployment": 5, "replicaset": 5, "rc": 5, "statefulset": 5, "daemonset": 2,
@@ -229,24 +198,16 @@ class Options:
         return self.node_cidr_mask_size_ipv4 or self.node_cidr_mask_size or 24
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kube-controller-manager", allow_abbrev=False,
-                                     description="kubesmith's Kubernetes controller manager")
-
-    def flag(name: str, type_=str, help_: str = "", *, boolean: bool = False):
-        kwargs = dict(dest=name.lstrip("-").replace("-", "_"), help=help_,
-                      default=argparse.SUPPRESS)
-        if boolean:
-            parser.add_argument(name, nargs="?", const=True, type=parse_bool, **kwargs)
-        else:
-            parser.add_argument(name, type=type_, **kwargs)
-
+def _parser() -> FlagParser:
+    parser = FlagParser("kube-controller-manager", "kubesmith's Kubernetes controller manager",
+                        OptionsError)
+    flag = parser.flag
     flag("--kubeconfig", help_="kubeconfig of the API server and credentials")
     flag("--authentication-kubeconfig", help_="accepted; /healthz needs no authentication")
     flag("--authorization-kubeconfig", help_="accepted; /healthz needs no authorization")
     flag("--master", help_="API server URL, overriding the kubeconfig's")
-    flag("--bind-address", _ip, "address of the /healthz HTTPS listener (0.0.0.0)")
-    flag("--secure-port", _port, "HTTPS port of /healthz (10257; 0 turns it off)")
+    flag("--bind-address", ip, "address of the /healthz HTTPS listener (0.0.0.0)")
+    flag("--secure-port", port_or_zero, "HTTPS port of /healthz (10257; 0 turns it off)")
     flag("--tls-cert-file", help_="serving certificate (default: a self-signed one)")
     flag("--tls-private-key-file", help_="serving key")
     flag("--leader-elect", boolean=True, help_="run controllers only while holding the "
@@ -259,11 +220,11 @@ def _parser() -> argparse.ArgumentParser:
     flag("--leader-elect-resource-lock", help_="accepted: always leases")
     flag("--cluster-name", help_="cluster instance prefix (kubernetes)")
     flag("--allocate-node-cidrs", boolean=True, help_="give nodes pod CIDRs")
-    flag("--cluster-cidr", _cidrs, "CIDR range of pods (one, or a dual-stack pair)")
+    flag("--cluster-cidr", cidrs_or_empty, "CIDR range of pods (one, or a dual-stack pair)")
     flag("--node-cidr-mask-size", int, "prefix length of node CIDRs (24 / 64)")
     flag("--node-cidr-mask-size-ipv4", int, "prefix length of IPv4 node CIDRs (24)")
     flag("--node-cidr-mask-size-ipv6", int, "prefix length of IPv6 node CIDRs (64)")
-    flag("--service-cluster-ip-range", _cidrs, "CIDR range of service cluster IPs")
+    flag("--service-cluster-ip-range", cidrs_or_empty, "CIDR range of service cluster IPs")
     flag("--client-ca-file", help_="accepted")
     flag("--requestheader-client-ca-file", help_="accepted")
     flag("--root-ca-file", help_="CA published to every namespace as kube-root-ca.crt")
@@ -272,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     flag("--service-account-private-key-file", help_="accepted")
     flag("--use-service-account-credentials", boolean=True,
          help_="accepted; every controller uses the --kubeconfig client")
-    flag("--controllers", _list, "controllers to run: '*', 'foo', '-foo' (default '*')")
+    flag("--controllers", comma_list, "controllers to run: '*', 'foo', '-foo' (default '*')")
     flag("--node-monitor-grace-period", parse_duration,
          "silence after which a node is Unknown (40s)")
     flag("--node-monitor-period", parse_duration, "how often node health is checked (5s)")
@@ -293,8 +254,7 @@ def _parser() -> argparse.ArgumentParser:
     flag("--min-resync-period", parse_duration, "accepted (12h0m0s)")
     for name in CONCURRENT_SYNCS:
         flag(f"--concurrent-{name}-syncs", int, f"workers ({CONCURRENT_SYNCS[name]})")
-    parser.add_argument("-v", "--v", type=int, dest="v", default=argparse.SUPPRESS,
-                        help="log verbosity")
+    parser.verbosity_flag()
     return parser
 
 
@@ -303,13 +263,7 @@ _IGNORED = ("leader_elect_resource_lock",)
 
 def parse(argv: list[str]) -> Options:
     """Options from a command line; raises OptionsError for unknown or bad flags."""
-    parser = _parser()
-
-    def fail(message: str):
-        raise OptionsError(message)
-
-    parser.error = fail  # type: ignore[method-assign]
-    values = vars(parser.parse_args(argv))
+    values = vars(_parser().parse_args(argv))
     for name in _IGNORED:
         values.pop(name, None)
     options = Options(**values)

@@ -13,9 +13,7 @@ at start, as upstream does when given none.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
-import ipaddress
 import logging
 import signal
 import socket
@@ -25,11 +23,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from kubesmith.apiserver.options import parse_bool, parse_duration
 from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.leaderelection import JITTER, LeaderElector
 from kubesmith.client.rest import ApiClient
+from kubesmith.flags import FlagParser, ip, parse_duration, port_or_zero
 from kubesmith.scheduler.metrics import Metrics
 from kubesmith.scheduler.scheduler import Scheduler
 from kubesmith.serving import self_signed_context
@@ -64,38 +62,14 @@ class UsageError(Exception):
     pass
 
 
-def _ip(text: str) -> str:
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a valid port")
-    return port
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kube-scheduler", allow_abbrev=False,
-                                     description="kubesmith's Kubernetes scheduler")
-
-    def flag(name: str, type_=str, help_: str = "", *, boolean: bool = False) -> None:
-        kwargs = dict(dest=name.lstrip("-").replace("-", "_"), help=help_,
-                      default=argparse.SUPPRESS)
-        if boolean:
-            # pflag: a bare --flag means true; --flag=false turns it off.
-            parser.add_argument(name, nargs="?", const=True, type=parse_bool, **kwargs)
-        else:
-            parser.add_argument(name, type=type_, **kwargs)
-
+def _parser() -> FlagParser:
+    parser = FlagParser("kube-scheduler", "kubesmith's Kubernetes scheduler")
+    flag = parser.flag
     flag("--kubeconfig", help_="kubeconfig of the API server (required)")
     flag("--authentication-kubeconfig", help_="accepted for compatibility")
     flag("--authorization-kubeconfig", help_="accepted for compatibility")
-    flag("--bind-address", _ip, "address /healthz is served on (default 0.0.0.0)")
-    flag("--secure-port", _port, "HTTPS port of /healthz (default 10259; 0 disables)")
+    flag("--bind-address", ip, "address /healthz is served on (default 0.0.0.0)")
+    flag("--secure-port", port_or_zero, "HTTPS port of /healthz (default 10259; 0 disables)")
     flag("--leader-elect", boolean=True, help_="elect a leader before scheduling "
          "(default true)")
     flag("--leader-elect-lease-duration", parse_duration, "default 15s")
@@ -105,8 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     flag("--leader-elect-resource-name", help_="default kube-scheduler")
     flag("--kube-api-qps", float, "requests per second to the API server (default 500)")
     flag("--kube-api-burst", int, "burst of requests to the API server (default 1000)")
-    parser.add_argument("-v", "--v", type=int, dest="v", default=argparse.SUPPRESS,
-                        help="log verbosity")
+    parser.verbosity_flag()
     return parser
 
 
