@@ -1,10 +1,13 @@
-"""One deployed 1-master 2-worker lab shared by the deploy and kubectl end-to-end modules.
+"""One deployed 1-master 2-worker lab shared by the deploy, kubectl and workload
+end-to-end modules.
 
-test_deploy.py drives it from bare hosts (its first test needs an undeployed lab, and
-pytest runs that module first); test_kubectl.py only needs it deployed and deploys it
-itself when run alone (a re-deploy of a deployed lab changes nothing).
+test_deploy.py drives it from bare hosts (its first test needs an undeployed lab, so
+that module is run first, whatever the file names); the others only need it deployed
+and deploy it themselves when run alone (a re-deploy of a deployed lab changes nothing).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +29,13 @@ def deployed_lab(deploy_lab):
     results = deploy_lab.deploy_json()
     assert results["results"]["failed_hosts"] == []
     return deploy_lab
+
+
+def pytest_collection_modifyitems(items):
+    """test_deploy.py before the other end-to-end modules, in the slots the end-to-end
+    tests already hold (the hook sees the whole session's items)."""
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if item.path.parent == here]
+    ordered = sorted((items[i] for i in slots), key=lambda item: item.path.name != "test_deploy.py")
+    for slot, item in zip(slots, ordered):
+        items[slot] = item

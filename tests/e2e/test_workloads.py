@@ -2,7 +2,7 @@
 lab's master, driven with the real kubectl, over simulated nodes (kubesmith-hollow run on
 this machine against the master's API server, as kubemark's hollow nodes would be).
 
-The modules run in file order; the node-failure test stops one group of simulated nodes
+The tests run in file order; the node-failure test stops one group of simulated nodes
 for good, so it comes last.
 """
 from __future__ import annotations
