@@ -527,7 +527,9 @@ async def create_object(srv: "APIServer", ctx: Ctx | None, target: Target, obj: 
     if target.name and meta.get("name") and meta["name"] != target.name:
         raise errors.bad_request(f"the name of the object ({meta['name']}) does not match the "
                                  f"name on the URL ({target.name})")
-    if rt.has_status:
+    if rt.has_status and not (rt.group == "" and rt.plural == "nodes"):
+        # A client sets status through the subresource; Nodes are the exception upstream
+        # (a kubelet registers its Node with its status).
         obj["status"] = {}
     _safe(rt.apply_defaults, obj)
     if manage_fields:

@@ -622,3 +622,26 @@ def test_pod_binding(cluster, ns):
     answer = cluster.request("DELETE", f"/api/v1/namespaces/{ns}/pods/p?gracePeriodSeconds=0")
     assert answer.status == 200
     assert cluster.request("GET", f"/api/v1/namespaces/{ns}/pods/p").status == 404
+
+
+def test_a_node_is_created_with_its_status(cluster):
+    """As upstream: a kubelet registers its Node with capacity and conditions at once;
+    other kinds' status on create is dropped (it is the status subresource's)."""
+    name = "status-on-create"
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"capacity": {"cpu": "2", "pods": "110"},
+                       "allocatable": {"cpu": "2", "pods": "110"},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+    created = cluster.request("POST", "/api/v1/nodes", node)
+    assert created.status == 201, created.body
+    try:
+        assert created.json()["status"]["allocatable"] == {"cpu": "2", "pods": "110"}
+        ns = cluster.new_namespace("status-")
+        service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+                   "spec": {"ports": [{"port": 80}]},
+                   "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}}
+        answer = cluster.request("POST", f"/api/v1/namespaces/{ns}/services", service)
+        assert answer.status == 201, answer.body
+        assert not answer.json().get("status", {}).get("loadBalancer", {}).get("ingress")
+    finally:
+        cluster.request("DELETE", f"/api/v1/nodes/{name}")
