@@ -89,6 +89,19 @@ class EndpointSliceController(ServicePodTracker):
         self.slices.add_event_handler(
             on_update=lambda old, new: self._slice_changed(new),
             on_delete=lambda obj: self._slice_changed(getattr(obj, "obj", obj)))
+        # Endpoints carry their node's zone: a node seen (or relabelled) after its pods
+        # were put in slices brings their services back.
+        self.nodes.add_event_handler(on_add=self._node_changed,
+                                     on_update=lambda old, new: self._node_changed(new, old))
+
+    def _node_changed(self, node: Obj, old: Obj | None = None) -> None:
+        zone = ((meta(node).get("labels") or {}).get(ZONE_LABEL))
+        if old is not None and zone == (meta(old).get("labels") or {}).get(ZONE_LABEL):
+            return
+        name = meta(node).get("name")
+        for pod in self.pods.lister.list():
+            if (pod.get("spec") or {}).get("nodeName") == name:
+                self._pod_changed(pod)
 
     def _slice_changed(self, obj: Obj) -> None:
         service = (meta(obj).get("labels") or {}).get(SERVICE_NAME_LABEL)
