@@ -2,6 +2,7 @@
 
     owner_reference(rs)              the controller ownerReference a pod of `rs` carries
     controller_of(obj)               the ownerReference with controller: true, or None
+    controller_key(obj, kind)        "namespace/name" of obj's controller of that kind
     pod_from_template(...)           a pod to create from a template, owned by a controller
     is_pod_ready / is_pod_available  readiness as upstream reads it (minReadySeconds)
     deletion_rank(pod)               upstream's ActivePods order: the first go first
@@ -81,6 +82,14 @@ def controller_of(obj: Obj) -> Obj | None:
         if ref.get("controller"):
             return ref
     return None
+
+
+def controller_key(obj: Obj, kind: str) -> str | None:
+    """The queue key ("namespace/name") of obj's controller when it is a `kind`."""
+    ref = controller_of(obj)
+    if ref is None or ref.get("kind") != kind:
+        return None
+    return f"{meta(obj).get('namespace')}/{ref.get('name')}"
 
 
 def is_controlled_by(obj: Obj, owner: Obj) -> bool:

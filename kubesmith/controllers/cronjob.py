@@ -31,7 +31,7 @@ from kubesmith.controllers import register
 from kubesmith.controllers.common import (
     Obj,
     QueueController,
-    controller_of,
+    controller_key,
     get_condition,
     is_controlled_by,
     meta,
@@ -233,16 +233,15 @@ class CronJobController(QueueController):
                                     on_delete=lambda obj: self._job_changed(unwrap(obj)))
 
     def _job_changed(self, job: Obj) -> None:
-        ref = controller_of(job)
-        if ref is not None and ref.get("kind") == "CronJob":
-            self.queue.add(f"{meta(job).get('namespace')}/{ref.get('name')}")
+        key = controller_key(job, "CronJob")
+        if key is not None:
+            self.queue.add(key)
 
     async def sync(self, key: str) -> float | None:
         namespace, name = split_key(key)
         cronjob = self.cronjobs.lister.get(name, namespace)
         if cronjob is None:
             return None
-        spec = cronjob.get("spec") or {}
         jobs = [j for j in self.jobs.lister.list(namespace) if is_controlled_by(j, cronjob)]
         status = dict(cronjob.get("status") or {})
         old_status = dict(status)

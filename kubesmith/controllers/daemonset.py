@@ -29,7 +29,7 @@ from kubesmith.controllers.common import (
     Obj,
     QueueController,
     claim,
-    controller_of,
+    controller_key,
     ensure_revision,
     truncate_history,
     is_pod_available,
@@ -202,10 +202,7 @@ class DaemonSetController(QueueController):
             self._all()
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = controller_of(pod)
-        if ref is None or ref.get("kind") != "DaemonSet":
-            return None
-        return f"{meta(pod).get('namespace')}/{ref.get('name')}"
+        return controller_key(pod, "DaemonSet")
 
     def _pod_added(self, pod: Obj) -> None:
         key = self._owner_key(pod)

@@ -36,6 +36,7 @@ from kubesmith.controllers.common import (
     QueueController,
     claim,
     compute_hash,
+    controller_key,
     controller_of,
     get_condition,
     is_controlled_by,
@@ -219,14 +220,8 @@ class DeploymentController(QueueController):
 
     # --- event handlers ---------------------------------------------------------------
 
-    def _owner_key(self, obj: Obj, kind: str) -> str | None:
-        ref = controller_of(obj)
-        if ref is None or ref.get("kind") != kind:
-            return None
-        return f"{meta(obj).get('namespace')}/{ref.get('name')}"
-
     def _rs_changed(self, rs: Obj) -> None:
-        key = self._owner_key(rs, "Deployment")
+        key = controller_key(rs, "Deployment")
         if key is not None:
             self.queue.add(key)
             return
@@ -238,13 +233,13 @@ class DeploymentController(QueueController):
     def _pod_deleted(self, obj) -> None:
         # Recreate waits for the old pods to be gone.
         pod = unwrap(obj)
-        rs_key = self._owner_key(pod, "ReplicaSet")
+        rs_key = controller_key(pod, "ReplicaSet")
         if rs_key is None:
             return
         namespace, name = split_key(rs_key)
         rs = self.sets.lister.get(name, namespace)
         if rs is not None:
-            key = self._owner_key(rs, "Deployment")
+            key = controller_key(rs, "Deployment")
             if key is not None:
                 self.queue.add(key)
 

@@ -38,7 +38,7 @@ from kubesmith.controllers.common import (
     Obj,
     QueueController,
     claim,
-    controller_of,
+    controller_key,
     deletion_rank,
     get_condition,
     is_pod_active,
@@ -126,10 +126,7 @@ class JobController(QueueController):
         self._failures.pop(key, None)
 
     def _owner_key(self, pod: Obj) -> str | None:
-        ref = controller_of(pod)
-        if ref is None or ref.get("kind") != "Job":
-            return None
-        return f"{meta(pod).get('namespace')}/{ref.get('name')}"
+        return controller_key(pod, "Job")
 
     def _pod_added(self, pod: Obj) -> None:
         key = self._owner_key(pod)

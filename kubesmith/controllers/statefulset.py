@@ -30,7 +30,7 @@ from kubesmith.controllers.common import (
     Obj,
     QueueController,
     claim,
-    controller_of,
+    controller_key,
     ensure_revision,
     truncate_history,
     is_pod_available,
@@ -80,9 +80,9 @@ class StatefulSetController(QueueController):
                                     on_delete=lambda obj: self._pod_changed(unwrap(obj)))
 
     def _pod_changed(self, pod: Obj) -> None:
-        ref = controller_of(pod)
-        if ref is not None and ref.get("kind") == "StatefulSet":
-            self.queue.add(f"{meta(pod).get('namespace')}/{ref.get('name')}")
+        key = controller_key(pod, "StatefulSet")
+        if key is not None:
+            self.queue.add(key)
 
     async def sync(self, key: str) -> float | None:
         namespace, name = split_key(key)

@@ -512,7 +512,7 @@ def test_job_completes_and_fails_with_backoff_limit(cluster):
             job = await client.create("batch/v1 jobs", _job("work", completions=3,
                                                              parallelism=2), namespace)
             pods = await eventually(lambda: _count(client, namespace,
-                                                   f"job-name=work", 2))
+                                                   "job-name=work", 2))
             for pod in pods:
                 labels = meta(pod)["labels"]
                 assert labels["batch.kubernetes.io/controller-uid"] == meta(job)["uid"]
