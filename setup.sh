@@ -18,6 +18,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-pip
   openssh-server openssh-client iproute2 util-linux kmod procps
   etcd-server etcd-client supervisor iptables
+  containerd runc containernetworking-plugins busybox-static conntrack dnsutils
 )
 
 say() { printf '==> %s\n' "$*" >&2; }
