@@ -42,6 +42,7 @@ class DeployLab:
         self.env = dict(os.environ, KUBESMITH_LAB_DIR=str(self.lab_dir),
                         KUBESMITH_STATE_DIR=str(self.state_root), PYTHONPATH=str(REPO))
         self.timings: dict[str, float] = {}
+        self.started = time.monotonic()  # reset when `up` starts: figures count from it
 
     @property
     def state_dir(self) -> Path:
@@ -89,7 +90,7 @@ def running_lab(name: str, base: Path, subnet: str, masters: int, workers: int):
     """A lab that exists for the duration of the block; timings printed at the end."""
     lab = DeployLab(name, base)
     try:
-        start = time.monotonic()
+        start = lab.started = time.monotonic()
         lab.lab("up", "--masters", str(masters), "--workers", str(workers), "--subnet", subnet)
         lab.timings["lab up"] = time.monotonic() - start
         yield lab
