@@ -114,6 +114,8 @@ def deployment(name: str, replicas: int, image: str, *, max_unavailable="1",
             "template": {
                 "metadata": {"labels": {"app": name}},
                 "spec": {
+                    # Simulated nodes only: real nodes would pull the image.
+                    "nodeSelector": {"type": "hollow"},
                     "containers": [{"name": "app", "image": image,
                                     "ports": [{"name": "http", "containerPort": 8080}],
                                     "resources": {"requests": {"cpu": cpu}}}],
