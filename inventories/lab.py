@@ -41,6 +41,9 @@ def _host(host: dict) -> tuple:
             # The machine's side of the lab bridge: the only other address
             # hosts can reach (there is no default route).
             "lab_bridge_address": _state["bridge_address"],
+            # Hosts share the machine's cgroup tree: each kubelet keeps its pods'
+            # cgroups under a folder of its own, which `kubesmith-lab down` removes.
+            "kubelet_cgroup_root": _lab.cgroup_root(_state["name"], host["name"]),
         },
     )
 

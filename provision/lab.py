@@ -9,7 +9,15 @@ Each lab host is a set of namespaces rather than a VM:
 * its own mount, UTS, IPC and PID namespaces, with a copy-on-write root: an
   overlay whose lower layer is the machine's ``/`` (everything installed on the
   machine is there) and whose upper layer is private to the host;
-* ``provision/lab_init.py`` as PID 1, which builds that root and runs sshd.
+* ``provision/lab_init.py`` as PID 1, which builds that root and runs sshd;
+* ``/var/lib/containerd`` bound from ``hosts/<host>/containerd`` in the lab dir,
+  on the machine's real disk: containerd's overlayfs snapshotter cannot stack
+  its layers on the overlay root (``/var/lib/kubelet`` stays on the overlay);
+* the machine's cgroup tree, shared by every host: the node role configures a
+  lab host's kubelet with the cgroup root ``/kubesmith-lab-<lab name>-<host>``
+  (``cgroup_root()``, handed to the deploy as the inventory's
+  ``kubelet_cgroup_root`` host data), so every cgroup its pods make sits under
+  that folder in each controller's hierarchy, and ``down`` removes those folders.
 
 Usage::
 
@@ -21,8 +29,8 @@ Usage::
 Everything about a lab lives in its lab dir (``$KUBESMITH_LAB_DIR``, default
 ``/var/lib/kubesmith-lab/<name>``): ``state.json``, the SSH key pair used to
 log in as root, ``known_hosts``, the hosts' SSH host keys, the hosts' overlay
-directories and logs. ``inventories/lab.py`` turns the state into a pyinfra
-inventory.
+directories (overlay upper dirs and containerd's data) and logs.
+``inventories/lab.py`` turns the state into a pyinfra inventory.
 """
 from __future__ import annotations
 
@@ -58,6 +66,9 @@ SSH_PORT = 22
 NETNS_DIR = Path("/var/run/netns")  # where `ip netns` keeps its namespaces
 INIT_SCRIPT = Path(__file__).resolve().with_name("lab_init.py")
 IFNAMSIZ = 15  # longest interface name Linux accepts
+CGROUP_MOUNT = Path("/sys/fs/cgroup")  # every controller's hierarchy is a folder in it
+# A host folder bound over the host's own path: (folder in hosts/<host>/, path in the host).
+HOST_BINDS = (("containerd", "/var/lib/containerd"),)
 
 MASTERS, WORKERS, ETCD = "masters", "workers", "etcd"
 
@@ -159,6 +170,16 @@ def ssh_command(host_name: str, *cmd: str, lab_dir: str | os.PathLike | None = N
         f"root@{host['address']}",
         *(["--", *cmd] if cmd else []),
     ]
+
+
+def cgroup_root(name: str, host: str) -> str:
+    """The cgroup folder a lab host's kubelet puts its pods under (its cgroupRoot).
+
+    One per host and lab, at the top of every controller's hierarchy of the machine's
+    cgroup tree (which all hosts share), so hosts never mix their pods' cgroups and
+    `down` knows exactly what to remove.
+    """
+    return f"/kubesmith-lab-{name}-{host}"
 
 
 def default_etcd(masters: int) -> int:
@@ -446,6 +467,8 @@ def _boot_config(state: dict, host: dict) -> dict:
         "address": host["address"],
         "root": host["root"],
         "hide": _hidden_paths(directory),
+        "binds": [{"source": str(Path(host["root"]) / folder), "target": target}
+                  for folder, target in HOST_BINDS],
         "files": entries,
         "sshd": [_need("sshd"), "-D", "-e", "-f", "/etc/ssh/sshd_config"],
     }
@@ -703,7 +726,7 @@ def _ensure_veth(state: dict, host: dict, out: Output) -> None:
 def _start_host(state: dict, host: dict) -> int:
     """Start a host's init, detached; returns its pid (as the machine sees it)."""
     root = Path(host["root"])
-    for sub in ("upper", "work", "merged"):
+    for sub in ("upper", "work", "merged", *(folder for folder, _ in HOST_BINDS)):
         (root / sub).mkdir(parents=True, exist_ok=True)
     _write_file(root / "boot.json", json.dumps(_boot_config(state, host), indent=2), 0o600)
     pid_file = root / "init.pid"
@@ -877,6 +900,43 @@ def _mounts_under(directory: Path) -> list[str]:
     return found
 
 
+def _lab_cgroups(name: str, host_names: Iterable[str]) -> list[Path]:
+    """The lab's cgroup folders in every hierarchy: the hosts' own, and any left by a
+    host of this lab that the state no longer lists."""
+    wanted = {cgroup_root(name, host).lstrip("/") for host in host_names}
+    pattern = re.compile(rf"kubesmith-lab-{re.escape(name)}-(master|worker)-\d+")
+    found = []
+    try:
+        hierarchies = sorted(p for p in CGROUP_MOUNT.iterdir() if p.is_dir())
+    except OSError:
+        return []
+    for hierarchy in hierarchies:
+        for entry in sorted(hierarchy.iterdir()) if hierarchy.is_dir() else []:
+            if entry.is_dir() and (entry.name in wanted or pattern.fullmatch(entry.name)):
+                found.append(entry)
+    return found
+
+
+def _remove_cgroup_tree(root: Path) -> None:
+    """rmdir a cgroup folder and its children, deepest first (a cgroup folder goes with
+    rmdir even though it lists control files)."""
+    deadline = time.monotonic() + STOP_GRACE
+    while True:
+        busy = []
+        for folder, _, _ in os.walk(root, topdown=False):
+            try:
+                os.rmdir(folder)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                busy.append(f"{folder} ({exc.strerror})")
+        if not busy:
+            return
+        if time.monotonic() >= deadline:
+            raise LabError("cannot remove cgroups: " + ", ".join(busy))
+        time.sleep(0.1)
+
+
 def down(*, name: str | None = None, out: Output = print) -> None:
     """Remove the lab completely. Safe to repeat, and after crashed or partial runs."""
     if os.geteuid() != 0:
@@ -944,7 +1004,16 @@ def down(*, name: str | None = None, out: Output = print) -> None:
             _ip("link", "del", ifname, check=False)
         time.sleep(0.1)
 
-    # 4. Mounts and files.
+    # 4. cgroups the hosts' containers left in the machine's shared cgroup tree.
+    #    Their processes died with the hosts' PID namespaces; the kernel may take a
+    #    moment to empty the cgroups, so retry a busy one briefly.
+    host_names = {h["name"] for h in (state or {}).get("hosts", [])}
+    for path in _lab_cgroups(name, host_names):
+        _remove_cgroup_tree(path)
+        out(f"  removed cgroup {path}")
+        did = True
+
+    # 5. Mounts and files.
     for point in sorted(_mounts_under(directory), key=len, reverse=True):
         if _run([_need("umount"), point], check=False).returncode != 0:
             _run([_need("umount"), "--lazy", point])

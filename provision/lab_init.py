@@ -6,10 +6,13 @@ It builds the host's root filesystem, becomes the host's init and supervises
 sshd:
 
 * mounts an overlay root (lower: the machine's ``/``, upper/work: the host's
-  directory in the lab dir), then fresh ``/proc``, ``/sys`` (showing this
-  network namespace), the machine's cgroup tree, ``/dev`` with a private
-  ``devpts`` and ``/dev/shm``, tmpfs ``/run`` and ``/tmp``, and empty tmpfs
-  over paths the host must not see (the lab dir, the operator's state dir);
+  directory in the lab dir), binds the folders that must be on the real disk
+  (``/var/lib/containerd``, from the host's directory in the lab dir), then
+  fresh ``/proc``, ``/sys`` (showing this network namespace), the machine's
+  cgroup tree, ``/dev`` with a private ``devpts`` and ``/dev/shm``, tmpfs
+  ``/run`` and ``/tmp``, and empty tmpfs over paths the host must not see (the
+  lab dir, the operator's state dir); mounts below the root are then shared
+  within the host, as on a systemd machine;
 * writes the per-host files from ``boot.json`` (hostname, hosts, sshd config,
   host key, authorized_keys, machine-id) and sets the hostname;
 * chroots into the new root and runs ``sshd -D``, restarting it if it dies;
@@ -123,6 +126,12 @@ def build_root(boot: dict) -> str:
     # Nothing mounted from here on may leak back into the machine's namespace.
     run(["mount", "--make-rprivate", "/"])
     mount("overlay", merged, "overlay", f"lowerdir=/,upperdir={upper},workdir={work}")
+    # Folders that must live on the machine's real disk rather than on the overlay
+    # (containerd's overlayfs snapshotter cannot stack its layers on an overlay). Their
+    # sources sit in the lab dir, so they are bound before the lab dir is hidden below.
+    for bind in boot.get("binds", []):
+        os.makedirs(bind["source"], mode=0o711, exist_ok=True)
+        mount(bind["source"], inside(merged, bind["target"]), flags=("--bind",))
 
     mount("proc", inside(merged, "/proc"), "proc", "nosuid,nodev,noexec")
     # A sysfs mounted from inside the network namespace shows that namespace's
@@ -141,6 +150,10 @@ def build_root(boot: dict) -> str:
     mount("tmpfs", inside(merged, "/tmp"), "tmpfs", "nosuid,nodev,mode=1777")
     for path in boot.get("hide", []):
         mount("tmpfs", inside(merged, path), "tmpfs", "nosuid,nodev,noexec,mode=0700,size=1m")
+    # Shared propagation inside the host, as systemd sets it up on a real machine: a
+    # container runtime relies on it for volume mounts with mountPropagation. The peer
+    # groups are new ones of this mount namespace, so nothing reaches the machine.
+    run(["mount", "--make-rshared", merged])
 
     for directory in ("/run/sshd", "/run/lock"):
         os.makedirs(inside(merged, directory), mode=0o755, exist_ok=True)

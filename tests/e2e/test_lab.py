@@ -103,6 +103,9 @@ def _leftovers(lab_dir: Path, state: dict) -> list[str]:
                 continue
             if str(lab_dir) in cmdline:
                 found.append(f"process {proc.name}: {cmdline.replace(chr(0), ' ')}")
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        if hierarchy.is_dir():
+            found += [f"cgroup {entry}" for entry in hierarchy.glob(f"kubesmith-lab-{NAME}-*")]
     if lab_dir.exists():
         found.append(f"directory {lab_dir}")
     return found
@@ -177,6 +180,27 @@ def test_each_host_is_its_own_machine(lab):
         assert int(cgroup) > 0
     # A pty for interactive logins (ssh -tt forces one even without a local terminal).
     assert lab.ssh("worker-1", "tty", "-tt").strip().startswith("/dev/pts/")
+
+
+def test_containerd_data_is_on_the_real_disk(lab):
+    # containerd's overlayfs snapshotter cannot work on the overlay root.
+    for host in ("master-1", "worker-1"):
+        kinds = lab.ssh(host, "stat -f -c %T / /var/lib/containerd /var/lib").split()
+        assert kinds[0] == "overlayfs" and kinds[2] == "overlayfs"
+        assert kinds[1] != "overlayfs"
+    lab.ssh("worker-1", "touch /var/lib/containerd/marker")
+    assert (lab.dir / "hosts" / "worker-1" / "containerd" / "marker").exists()
+    assert lab.ssh("master-1", "ls -A /var/lib/containerd").strip() == ""
+
+
+def test_host_cgroups_go_under_the_hosts_cgroup_root(lab):
+    # What a kubelet's pods would leave behind in the shared cgroup tree: `down`
+    # must remove it (see test_down_removes_everything).
+    root = labmod.cgroup_root(NAME, "worker-1")
+    assert root == f"/kubesmith-lab-{NAME}-worker-1"
+    lab.ssh("worker-1", f"mkdir -p /sys/fs/cgroup/pids{root}/kubepods/pod1 "
+                        f"/sys/fs/cgroup/memory{root}/kubepods")
+    assert Path(f"/sys/fs/cgroup/pids{root}/kubepods/pod1").is_dir()
 
 
 def test_writes_stay_private_to_the_host(lab):
