@@ -12,12 +12,13 @@ expects:
     <state>/pki/apiserver-kubelet-client.*      API server -> kubelet client
     <state>/pki/apiserver-etcd-client.*         API server -> etcd client
     <state>/pki/front-proxy-client.*            aggregation layer client
-    <state>/pki/{admin,super-admin,controller-manager,scheduler,kube-proxy}.*
+    <state>/pki/{admin,super-admin,controller-manager,scheduler,kube-proxy,kube-dns}.*
                                                 client certs embedded in kubeconfigs
     <state>/pki/etcd/<member>/{server,peer,healthcheck-client}.*
     <state>/pki/nodes/<node>/kubelet.*          kubelet serving cert
     <state>/pki/nodes/<node>/kubelet-client.*   kubelet client cert (system:node:<node>)
-    <state>/kubeconfigs/{admin,super-admin,controller-manager,scheduler,kube-proxy}.conf
+    <state>/kubeconfigs/{admin,super-admin,controller-manager,scheduler,kube-proxy,
+                         kube-dns}.conf
     <state>/kubeconfigs/kubelet/<node>.conf
 
 Generation is idempotent and add-only. A private key, once written, is never
@@ -264,6 +265,9 @@ def kubeconfig_specs(topology: Topology) -> list[KubeconfigSpec]:
         KubeconfigSpec(
             "kube-proxy.conf", client("kube-proxy", "system:kube-proxy"), False
         ),
+        # The cluster DNS add-on on every master, reaching its own API server; the
+        # add-ons manifest grants this user what it reads and writes.
+        KubeconfigSpec("kube-dns.conf", client("kube-dns", "system:kube-dns"), True),
     ]
     for node in topology.nodes:
         specs.append(
@@ -1075,7 +1079,7 @@ def host_files(state_dir: Path, machine: Machine) -> list[HostFile]:
         add(f"{REMOTE_PKI}/sa.pub", pki / "sa.pub", False)
         add(f"{REMOTE_PKI}/etcd/ca.crt", pki / "etcd" / "ca.crt", False)
         for conf in ("admin.conf", "super-admin.conf", "controller-manager.conf",
-                     "scheduler.conf"):
+                     "scheduler.conf", "kube-dns.conf"):
             add(f"{REMOTE_K8S}/{conf}", confs / conf, True)
 
     if machine.is_etcd:

@@ -159,6 +159,7 @@ EXPECTED_PKI_FILES = {
     "admin.crt", "admin.key", "super-admin.crt", "super-admin.key",
     "controller-manager.crt", "controller-manager.key",
     "scheduler.crt", "scheduler.key", "kube-proxy.crt", "kube-proxy.key",
+    "kube-dns.crt", "kube-dns.key",
     *(
         f"etcd/{m}/{kind}.{ext}"
         for m in ("cp1", "cp2", "cp3")
@@ -174,7 +175,8 @@ EXPECTED_PKI_FILES = {
 }
 EXPECTED_KUBECONFIGS = {
     "admin.conf", "super-admin.conf", "controller-manager.conf", "scheduler.conf",
-    "kube-proxy.conf", *(f"kubelet/{n}.conf" for n in ("cp1", "cp2", "cp3", "w1", "w2")),
+    "kube-proxy.conf", "kube-dns.conf",
+    *(f"kubelet/{n}.conf" for n in ("cp1", "cp2", "cp3", "w1", "w2")),
 }
 
 
@@ -271,6 +273,7 @@ def leaf_expectations():
         ("controller-manager", "ca", "system:kube-controller-manager", [], {CLIENT}),
         ("scheduler", "ca", "system:kube-scheduler", [], {CLIENT}),
         ("kube-proxy", "ca", "system:kube-proxy", [], {CLIENT}),
+        ("kube-dns", "ca", "system:kube-dns", [], {CLIENT}),
     ]
     for m in ("cp1", "cp2", "cp3"):
         rows += [
@@ -390,6 +393,7 @@ KUBECONFIG_USERS = {
     ),
     "scheduler.conf": ("system:kube-scheduler", "scheduler", "https://127.0.0.1:6443"),
     "kube-proxy.conf": ("system:kube-proxy", "kube-proxy", "https://10.0.0.11:6443"),
+    "kube-dns.conf": ("system:kube-dns", "kube-dns", "https://127.0.0.1:6443"),
     "kubelet/w1.conf": ("system:node:w1", "nodes/w1/kubelet-client", "https://10.0.0.11:6443"),
     "kubelet/cp2.conf": (
         "system:node:cp2", "nodes/cp2/kubelet-client", "https://10.0.0.11:6443"
@@ -451,7 +455,7 @@ def test_kubeconfig_server_uses_load_balancer(tmp_path, overrides, remote, local
 
     for name in ("admin.conf", "super-admin.conf", "kube-proxy.conf", "kubelet/w1.conf"):
         assert server(name) == remote
-    for name in ("controller-manager.conf", "scheduler.conf"):
+    for name in ("controller-manager.conf", "scheduler.conf", "kube-dns.conf"):
         assert server(name) == local
 
 
@@ -854,6 +858,7 @@ def test_host_files_for_stacked_master(state):
         "/etc/kubernetes/pki/etcd/healthcheck-client.key",
         "/etc/kubernetes/admin.conf", "/etc/kubernetes/super-admin.conf",
         "/etc/kubernetes/controller-manager.conf", "/etc/kubernetes/scheduler.conf",
+        "/etc/kubernetes/kube-dns.conf",
         "/etc/kubernetes/kubelet.conf", "/etc/kubernetes/kube-proxy.conf",
         "/var/lib/kubelet/pki/kubelet.crt", "/var/lib/kubelet/pki/kubelet.key",
     }
@@ -946,3 +951,18 @@ def test_tls_handshake(state, server, client, ca, hostname, client_cn):
 def test_tls_handshake_rejects_wrong_hostname(state):
     with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
         handshake(state / "pki", "apiserver", "admin", "ca", "kubernetes.example.com")
+
+
+def test_a_state_folder_from_before_the_dns_credential_gets_it_added(tmp_path):
+    # Clusters made before the DNS add-on existed: the next run adds its certificate and
+    # kubeconfig and changes nothing else.
+    state = tmp_path / "state"
+    pki.ensure_pki(state, SETTINGS, TOPOLOGY)
+    for name in ("pki/kube-dns.crt", "pki/kube-dns.key", "kubeconfigs/kube-dns.conf"):
+        (state / name).unlink()
+    before = snapshot(state)
+    pki.ensure_pki(state, SETTINGS, TOPOLOGY)
+    after = snapshot(state)
+    assert set(after) - set(before) == {
+        "pki/kube-dns.crt", "pki/kube-dns.key", "kubeconfigs/kube-dns.conf"}
+    assert {k: v for k, v in after.items() if k in before} == before
