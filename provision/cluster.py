@@ -1,5 +1,9 @@
 """Everything the deploy prepares on the operator's machine, once per run.
 
+Validation, then the PKI and kubeconfigs, then the container images every node imports
+(provision/images.py, into <state>/images/, rebuilt only when their inputs change); the
+wheelhouse is built per host platform on first demand (`wheelhouse_for`).
+
 deploy.py is executed once per host; the work here (validating settings against the
 whole inventory, generating the PKI and kubeconfigs, building wheelhouses) must happen
 once, before any host is changed, and its result is shared by every host's run.
@@ -9,13 +13,13 @@ wheel build waits on pip, so the one-time work is done under a greenlet-aware lo
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from gevent.lock import RLock
 
-from provision import encryption, pki, settings as settings_mod, wheelhouse
+from provision import encryption, images, pki, settings as settings_mod, wheelhouse
 from provision.settings import ClusterSettings, SettingsError
 from provision.topology import Machine, Topology
 
@@ -33,6 +37,8 @@ class ClusterPlan:
     settings: ClusterSettings
     topology: Topology
     pki: Any   # provision.pki.PKIResult
+    # Image ref -> OCI tarball in the state folder, imported into every node's containerd.
+    images: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:
@@ -49,6 +55,8 @@ class ClusterPlan:
                                       self.state_dir / encryption.CONFIG_NAME, secret=True))
         return files
 
+
+IMAGES_DIR = "images"   # under the cluster state folder
 
 _plan: ClusterPlan | None = None
 _lock = RLock()
@@ -102,7 +110,8 @@ def _prepare(hosts: list[InventoryHost], group_data_file: Path | None) -> Cluste
     path, created = encryption.ensure_encryption_config(cluster_settings.state_dir)
     if created:
         print(f"--> created {path} (encryption of secrets at rest)", file=sys.stderr)
-    _plan = ClusterPlan(settings=cluster_settings, topology=topology, pki=result)
+    built = images.build_images(cluster_settings.state_dir / IMAGES_DIR)
+    _plan = ClusterPlan(settings=cluster_settings, topology=topology, pki=result, images=built)
     return _plan
 
 

@@ -3,6 +3,10 @@
 The roles turn a `Component` into a systemd unit or a supervisor program through
 templates/; nothing else knows how a component is started. Flags use the upstream
 names, so a component's description does not depend on which implementation runs it.
+
+The node components' configuration files (containerd's config.toml, the
+KubeletConfiguration, the KubeProxyConfiguration) are rendered here too, from
+templates/node/, so a component and the files it reads are described side by side.
 """
 from __future__ import annotations
 
@@ -19,11 +23,37 @@ ETCD_DATA_DIR = "/var/lib/etcd/kubernetes"
 LOG_DIR = "/var/log/kubesmith"
 VENV = "/opt/kubesmith/venv"
 
+# Node components (every host, masters included).
+CONTAINERD_CONFIG = "/etc/containerd/config.toml"
+CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+CONTAINER_RUNTIME_ENDPOINT = f"unix://{CONTAINERD_SOCKET}"
+# The pod sandbox ("pause") image. No registry is reachable from air-gapped sites or the
+# lab, so it is built locally (provision/images.py) and imported like the others.
+PAUSE_IMAGE = "kubesmith.local/pause:latest"
+IMAGES_DIR = "/opt/kubesmith/images"   # image tarballs on the host, imported into containerd
+CNI_CONF_DIR = "/etc/cni/net.d"
+CNI_BIN_DIR = "/usr/lib/cni"            # Debian's containernetworking-plugins
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
+KUBELET_KUBECONFIG = "/etc/kubernetes/kubelet.conf"
+KUBELET_PKI = "/var/lib/kubelet/pki"
+STATIC_POD_PATH = "/etc/kubernetes/manifests"
+KUBE_PROXY_CONFIG = "/var/lib/kube-proxy/config.conf"
+KUBE_PROXY_KUBECONFIG = "/etc/kubernetes/kube-proxy.conf"
+KUBE_DNS_KUBECONFIG = "/etc/kubernetes/kube-dns.conf"
+CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+CONTROL_PLANE_TAINT = f"{CONTROL_PLANE_LABEL}:NoSchedule"
+# Node components run iptables, ip, runc, the CNI plugins: a full root PATH, whatever
+# the service manager was started with.
+NODE_ENVIRONMENT = (("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),)
+
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
 # Upstream's default HTTPS ports of /healthz (--secure-port), served on --bind-address.
 CONTROLLER_MANAGER_PORT = 10257
 SCHEDULER_PORT = 10259
+# The kubelet's plain-HTTP /healthz on 127.0.0.1 (healthzPort) and its HTTPS API port.
+KUBELET_HEALTHZ_PORT = 10248
+KUBELET_PORT = 10250
 
 
 @dataclass(frozen=True)
@@ -39,6 +69,11 @@ class Component:
     # Files on the host whose change must restart the component (certs, configs).
     files: tuple[str, ...] = field(default=())
     stop_timeout_seconds: int = 30
+    # systemd only: KillMode=process leaves the component's children running when it
+    # stops (containerd's shims, hence the containers, survive a containerd restart),
+    # and Delegate=yes lets it manage cgroups below its own. Under supervisor, shims
+    # run in process groups of their own, so stopping the group spares them already.
+    keep_children_on_stop: bool = False
 
     @property
     def argv(self) -> list[str]:
@@ -201,3 +236,130 @@ def kube_controller_manager(settings: ClusterSettings, master: Machine) -> Compo
         ),
         files=files,
     )
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+def containerd(settings: ClusterSettings, machine: Machine) -> Component:
+    """Debian's containerd with the CRI plugin, configured by `containerd_config`."""
+    return Component(
+        name="containerd",
+        description=f"containerd (CRI runtime) on {machine.name} of cluster "
+                    f"{settings.cluster_name}",
+        executable="/usr/bin/containerd",
+        flags=(("--config", CONTAINERD_CONFIG),),
+        environment=NODE_ENVIRONMENT,
+        files=(CONTAINERD_CONFIG,),
+        keep_children_on_stop=True,
+    )
+
+
+def kubelet(settings: ClusterSettings, machine: Machine) -> Component:
+    """kubesmith's kubelet: upstream's flags, the rest in its KubeletConfiguration.
+
+    Masters register tainted, so ordinary pods stay off them; their control-plane label
+    is set by the deploy (NodeRestriction forbids a kubelet to set node-role labels).
+    """
+    flags = [
+        ("--config", KUBELET_CONFIG),
+        ("--kubeconfig", KUBELET_KUBECONFIG),
+        ("--container-runtime-endpoint", CONTAINER_RUNTIME_ENDPOINT),
+        ("--hostname-override", machine.name),
+        ("--node-ip", machine.address),
+    ]
+    if machine.is_master:
+        flags.append(("--register-with-taints", CONTROL_PLANE_TAINT))
+    return Component(
+        name="kubelet",
+        description=f"kubelet on {machine.name} of cluster {settings.cluster_name}",
+        executable=f"{VENV}/bin/kubelet",
+        flags=tuple(flags),
+        environment=NODE_ENVIRONMENT,
+        files=(KUBELET_CONFIG, KUBELET_KUBECONFIG, f"{PKI}/ca.crt",
+               f"{KUBELET_PKI}/kubelet.crt", f"{KUBELET_PKI}/kubelet.key"),
+        # Pods keep running while the kubelet stops, as upstream; nothing to wait for.
+        stop_timeout_seconds=15,
+    )
+
+
+def kube_proxy(settings: ClusterSettings, machine: Machine) -> Component:
+    """kubesmith's kube-proxy (iptables mode), configured by `kube_proxy_config`."""
+    return Component(
+        name="kube-proxy",
+        description=f"kube-proxy on {machine.name} of cluster {settings.cluster_name}",
+        executable=f"{VENV}/bin/kube-proxy",
+        flags=(("--config", KUBE_PROXY_CONFIG), ("--hostname-override", machine.name)),
+        environment=NODE_ENVIRONMENT,
+        files=(KUBE_PROXY_CONFIG, KUBE_PROXY_KUBECONFIG),
+    )
+
+
+def pod_network(settings: ClusterSettings, machine: Machine) -> Component:
+    """The pod-network agent: the CNI config for this node's podCIDR, and routes to the
+    other nodes' podCIDRs. It reads Nodes with the node's own kubelet credentials (the
+    Node authorizer lets system:nodes get, list and watch every Node)."""
+    return Component(
+        name="kubesmith-pod-network",
+        description=f"pod network agent on {machine.name} of cluster {settings.cluster_name}",
+        executable=f"{VENV}/bin/kubesmith-pod-network",
+        flags=(
+            ("--kubeconfig", KUBELET_KUBECONFIG),
+            ("--node-name", machine.name),
+            ("--cluster-cidr", str(settings.pod_cidr)),
+            ("--cni-conf-dir", CNI_CONF_DIR),
+            ("--cni-bin-dir", CNI_BIN_DIR),
+        ),
+        environment=NODE_ENVIRONMENT,
+        files=(KUBELET_KUBECONFIG,),
+    )
+
+
+def kube_dns(settings: ClusterSettings, master: Machine) -> Component:
+    """The cluster DNS add-on on one master, on the master's address (port 53); the
+    kube-system/kube-dns Service (ClusterIP = dns_ip) reaches it through kube-proxy."""
+    return Component(
+        name="kubesmith-dns",
+        description=f"cluster DNS on {master.name} of cluster {settings.cluster_name}",
+        executable=f"{VENV}/bin/kubesmith-dns",
+        flags=(
+            ("--kubeconfig", KUBE_DNS_KUBECONFIG),
+            ("--cluster-domain", settings.dns_domain),
+            ("--bind-address", master.address),
+            ("--node-name", master.name),
+            ("--upstream-resolv-conf", "/etc/resolv.conf"),
+        ),
+        environment=NODE_ENVIRONMENT,
+        files=(KUBE_DNS_KUBECONFIG,),
+    )
+
+
+def containerd_config(settings: ClusterSettings) -> str:
+    """/etc/containerd/config.toml: CRI on, cgroupfs (as the kubelet), local pause image."""
+    from provision import render   # render imports this module
+    return render.render("node/containerd-config.toml.j2", pause_image=PAUSE_IMAGE,
+                         cni_bin_dir=CNI_BIN_DIR, cni_conf_dir=CNI_CONF_DIR,
+                         socket=CONTAINERD_SOCKET)
+
+
+def kubelet_config(settings: ClusterSettings, cgroup_root: str = "/") -> str:
+    """/var/lib/kubelet/config.yaml (kubelet.config.k8s.io/v1beta1 KubeletConfiguration).
+
+    `cgroup_root` is "/" on real machines; lab hosts share one cgroup tree and give each
+    kubelet a folder of its own (the inventory's `kubelet_cgroup_root`).
+    """
+    from provision import render
+    if not cgroup_root.startswith("/"):
+        raise ValueError(f"cgroupRoot {cgroup_root!r} must be an absolute cgroup path")
+    return render.render("node/kubelet-config.yaml.j2", settings=settings,
+                         cgroup_root=cgroup_root, pki=PKI, kubelet_pki=KUBELET_PKI,
+                         static_pod_path=STATIC_POD_PATH, endpoint=CONTAINER_RUNTIME_ENDPOINT,
+                         healthz_port=KUBELET_HEALTHZ_PORT, port=KUBELET_PORT)
+
+
+def kube_proxy_config(settings: ClusterSettings) -> str:
+    """/var/lib/kube-proxy/config.conf (kubeproxy.config.k8s.io/v1alpha1), the same on
+    every node (the node name comes from --hostname-override, as kubeadm does it)."""
+    from provision import render
+    return render.render("node/kube-proxy-config.yaml.j2", settings=settings,
+                         kubeconfig=KUBE_PROXY_KUBECONFIG)
