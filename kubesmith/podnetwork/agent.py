@@ -1,0 +1,112 @@
+"""The pod-network agent's loop: Node informer events in, CNI file + routes + iptables
+out (see network.py for what each is and why).
+
+    agent = PodNetworkAgent(node_name="node-1", cluster_cidrs=["10.244.0.0/16"],
+                            cni_conf_dir=Path("/etc/cni/net.d"),
+                            nodes=lambda: informer.lister.list())
+    informer handlers -> agent.changed()
+    await agent.run()
+
+A sync runs after Node changes (coalesced, at most one per `min_interval`) and every
+`resync_period` anyway, which repairs routes or rules someone removed. The CNI file is
+written once this node has a podCIDR (the controller manager's node IPAM assigns it);
+until then containerd has no network for pods, and the kubelet reports the runtime's
+network as not ready.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from kubesmith.podnetwork.network import (CONFLIST_NAME, Route, Routes, conflist_text,
+                                          ensure_iptables, node_pod_cidr, plan_routes,
+                                          write_if_changed)
+from kubesmith.proxy.iptables import CommandError, CommandRunner, Iptables, set_sysctl
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+
+class PodNetworkAgent:
+    def __init__(self, *, node_name: str, cluster_cidrs: list[str], cni_conf_dir: Path,
+                 nodes: Callable[[], list[Obj]], bridge: str = "cni0",
+                 runner: CommandRunner | None = None, resync_period: float = 60.0,
+                 min_interval: float = 0.2):
+        self.node_name = node_name
+        self.cluster_cidrs = cluster_cidrs
+        self.cni_conf_dir = Path(cni_conf_dir)
+        self.nodes = nodes
+        self.bridge = bridge
+        self.runner = runner or CommandRunner()
+        self.iptables = Iptables(self.runner)
+        self.routes = Routes(self.runner)
+        self.resync_period = resync_period
+        self.min_interval = min_interval
+        self.pod_cidr: str | None = None
+        self.last_routes: list[Route] = []
+        self.healthy = False          # the last sync succeeded
+        self.syncs = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def conflist_path(self) -> Path:
+        return self.cni_conf_dir / CONFLIST_NAME
+
+    def changed(self, *_: Any) -> None:
+        self._changed.set()
+
+    async def run(self) -> None:
+        next_full = 0.0
+        while True:
+            now = time.monotonic()
+            full = now >= next_full
+            if not full:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), next_full - now)
+                    await asyncio.sleep(self.min_interval)    # coalesce bursts
+                except asyncio.TimeoutError:
+                    full = True
+            try:
+                await self.sync(full=full)
+                self.healthy = True
+            except Exception:
+                log.exception("pod network sync failed")
+                self.healthy = False
+            if full:
+                next_full = time.monotonic() + self.resync_period
+
+    async def sync(self, *, full: bool = True) -> None:
+        self._changed.clear()
+        self.syncs += 1
+        nodes = self.nodes()
+        if full:
+            # Forwarding between the bridge and the node's interfaces.
+            if await set_sysctl(self.runner, "net.ipv4.ip_forward", "1"):
+                log.info("enabled net.ipv4.ip_forward")
+            if self.cluster_cidrs:
+                await ensure_iptables(self.iptables, self.cluster_cidrs)
+        own = next((n for n in nodes
+                    if (n.get("metadata") or {}).get("name") == self.node_name), None)
+        pod_cidr = node_pod_cidr(own) if own else None
+        if pod_cidr:
+            if write_if_changed(self.conflist_path, conflist_text(pod_cidr, self.bridge)):
+                log.info("wrote %s for podCIDR %s", self.conflist_path, pod_cidr)
+            self.pod_cidr = pod_cidr
+        elif own is not None and self.pod_cidr is None:
+            log.info("node %s has no podCIDR yet", self.node_name)
+        wanted = plan_routes(nodes, self.node_name)
+        if wanted == self.last_routes and not full:
+            return
+        changed, removed, errors = await self.routes.sync(wanted)
+        for route in changed:
+            log.info("route %s via %s", route.dst, route.via)
+        for route in removed:
+            log.info("removed route %s via %s", route.dst, route.via)
+        self.last_routes = wanted
+        if errors:
+            self.last_routes = []           # try again at the next sync
+            raise CommandError(["ip", "route"], 1, "; ".join(errors))

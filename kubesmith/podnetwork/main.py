@@ -1,0 +1,154 @@
+"""`kubesmith-pod-network`: the node agent for pod networking without an overlay.
+
+    kubesmith-pod-network --kubeconfig=/etc/kubernetes/kube-proxy.conf \
+        --node-name=node-1 --cluster-cidr=10.244.0.0/16
+
+Runs on every node, as root, on a Node informer (any identity that may list and watch
+Nodes will do: kube-proxy's or the kubelet's). It writes the CNI configuration for this
+node's podCIDR, keeps routes to the other nodes' podCIDRs, masquerades pod traffic
+leaving the pod range and enables IP forwarding (network.py says how and why). With
+--healthz-port (default 10258, 0 turns it off) it serves /healthz on 127.0.0.1: 200
+once a sync has succeeded and as long as the last one did.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from kubesmith.client.informers import InformerFactory
+from kubesmith.client.rest import ApiClient
+from kubesmith.flags import FlagParser, cidrs, parse_duration, port_or_zero
+from kubesmith.podnetwork.agent import PodNetworkAgent
+
+log = logging.getLogger("kubesmith-pod-network")
+
+SYNC_TIMEOUT = 60.0
+PLUGINS = ("bridge", "host-local", "portmap", "loopback")
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class Options:
+    kubeconfig: str = ""
+    node_name: str = ""
+    cluster_cidr: list = None
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_bin_dir: str = "/usr/lib/cni"
+    bridge_name: str = "cni0"
+    resync_period: float = 60.0
+    healthz_port: int = 10258
+    v: int = 0
+
+
+def parse(argv: list[str]) -> Options:
+    parser = FlagParser("kubesmith-pod-network", "kubesmith's pod network agent",
+                        error=UsageError)
+    flag = parser.flag
+    flag("--kubeconfig", help_="kubeconfig of the API server (required)")
+    flag("--node-name", help_="this node's name (default: the hostname)")
+    flag("--cluster-cidr", cidrs, "the cluster's pod range (required)")
+    flag("--cni-conf-dir", help_="where the CNI configuration goes (default /etc/cni/net.d)")
+    flag("--cni-bin-dir", help_="where the CNI plugins are (default /usr/lib/cni)")
+    flag("--bridge-name", help_="the pods' bridge (default cni0)")
+    flag("--resync-period", parse_duration, "full re-check period (default 1m)")
+    flag("--healthz-port", port_or_zero, "port of /healthz on 127.0.0.1 (default 10258, "
+         "0: off)")
+    parser.verbosity_flag()
+    known, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UsageError(f"unknown flag: {unknown[0].split('=')[0]}")
+    options = Options(**vars(known))
+    if not options.kubeconfig:
+        raise UsageError("--kubeconfig is required")
+    if not options.cluster_cidr:
+        raise UsageError("--cluster-cidr is required")
+    options.cluster_cidr = [str(c) for c in options.cluster_cidr
+                            if isinstance(c, ipaddress.IPv4Network)]
+    options.node_name = (options.node_name or socket.gethostname()).strip().lower()
+    return options
+
+
+async def run(options: Options) -> int:
+    missing = [p for p in PLUGINS if not Path(options.cni_bin_dir, p).exists()]
+    if missing:
+        log.warning("CNI plugins missing from %s: %s", options.cni_bin_dir, ", ".join(missing))
+    client = ApiClient.from_kubeconfig(options.kubeconfig, component="kubesmith-pod-network")
+    informers = InformerFactory(client)
+    nodes = informers.informer("v1 nodes")
+    agent = PodNetworkAgent(node_name=options.node_name, cluster_cidrs=options.cluster_cidr,
+                            cni_conf_dir=Path(options.cni_conf_dir), nodes=nodes.lister.list,
+                            bridge=options.bridge_name, resync_period=options.resync_period)
+    nodes.add_event_handler(agent.changed, agent.changed, agent.changed)
+
+    runner = None
+    if options.healthz_port:
+        async def healthz(request: web.Request) -> web.Response:
+            return web.Response(status=200 if agent.healthy else 503,
+                                text="ok" if agent.healthy else "not synced")
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", options.healthz_port).start()
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    informers.start()
+    stop = asyncio.create_task(stopping.wait())
+    try:
+        synced = asyncio.create_task(informers.wait_for_sync(SYNC_TIMEOUT))
+        await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            synced.cancel()
+            return 0
+        if not synced.result():
+            log.error("node informer did not sync within %.0fs", SYNC_TIMEOUT)
+            return 1
+        work = asyncio.create_task(agent.run(), name="pod-network")
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        status = 0
+        if not stopping.is_set():
+            log.error("agent ended: %r", work.exception() if not work.cancelled() else None)
+            status = 1
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        # Routes, rules and the CNI file stay: pods keep their network across restarts.
+        return status
+    finally:
+        stop.cancel()
+        await informers.shutdown()
+        if runner is not None:
+            await runner.cleanup()
+        await client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        print("Run 'kubesmith-pod-network --help' for usage.", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.DEBUG if options.v >= 4 else logging.INFO,
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    try:
+        return asyncio.run(run(options))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
