@@ -351,7 +351,9 @@ class RecordStore:
             return self.zone
         if self.reverse_cidrs and self._is_reverse(qname):
             try:
-                ip = ipaddress.ip_address(dns.reversename.to_address(qname).decode())
+                address = dns.reversename.to_address(qname)
+                ip = ipaddress.ip_address(address.decode() if isinstance(address, bytes)
+                                          else address)
             except Exception:       # not a whole address: a partial reverse name
                 return None
             for net in self.reverse_cidrs:
