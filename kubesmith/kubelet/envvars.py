@@ -175,10 +175,11 @@ def service_env(services: list[Obj], namespace: str, enable_service_links: bool
 def format_map(values: Mapping[str, str]) -> str:
     """Labels or annotations as the downward API writes them: `key="value"` lines,
     sorted by key, values quoted as Go's %q does."""
-    return "\n".join(f"{key}={_go_quote(values[key])}" for key in sorted(values))
+    return "\n".join(f"{key}={go_quote(values[key])}" for key in sorted(values))
 
 
-def _go_quote(text: str) -> str:
+def go_quote(text: str) -> str:
+    """A string quoted as Go's %q writes it."""
     out = ['"']
     for char in text:
         if char in ('"', "\\"):

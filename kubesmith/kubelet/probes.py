@@ -40,6 +40,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from kubesmith.cri.client import NotFoundError, RuntimeClient, RuntimeError_
+from kubesmith.kubelet.envvars import go_quote
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -365,7 +366,8 @@ def resolve_port(port: Any, container: Obj) -> int:
 
 
 def _go_quote_list(command: list[str]) -> str:
-    return "[" + " ".join(command) + "]"
+    """The command as upstream's timeout message quotes it (%q of the joined words)."""
+    return go_quote(" ".join(command))
 
 
 async def http_probe(session: aiohttp.ClientSession, url: str, headers: list[Obj],
