@@ -254,17 +254,17 @@ class ClusterDns:
             raise
         self.informers.start()
         self._tasks.append(asyncio.create_task(self._mark_synced(), name="dns-sync"))
-        if self.registration is not None:
-            self._tasks.append(asyncio.create_task(self.registration.run(),
-                                                   name="dns-registration"))
 
     async def _mark_synced(self) -> None:
         await self.informers.wait_for_sync()
         self.store.synced = True
         log.info("informers synced: %d services", self.store.service_count())
         if self.registration is not None:
+            # Registered only now: the slice cache is complete (no blind create) and
+            # the server answers the cluster's names.
             self.registration.ready = True
-            self.registration.wake()
+            self._tasks.append(asyncio.create_task(self.registration.run(),
+                                                   name="dns-registration"))
 
     async def stop(self, *, withdraw: bool = True) -> None:
         for task in self._tasks:
