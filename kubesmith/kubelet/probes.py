@@ -106,9 +106,11 @@ class ProbeManager:
         time)): probe workers start for new containers, restart for restarted ones and
         stop for containers that no longer run."""
         uid = pod["metadata"]["uid"]
+        specs = {c.get("name"): c for c in _probed_containers(pod)}
+        names = set(specs) | set(containers) | {n for (u, n) in self._states if u == uid}
+        before = self._answers(uid, names)
         self._pods[uid] = pod
         self._pod_ips[uid] = pod_ip
-        specs = {c.get("name"): c for c in _probed_containers(pod)}
         for (state_uid, name) in list(self._states):
             if state_uid == uid and (name not in containers or name not in specs):
                 self._drop(uid, name)
@@ -130,6 +132,11 @@ class ProbeManager:
                     state.tasks[kind] = asyncio.get_running_loop().create_task(
                         self._worker(uid, name, state, kind),
                         name=f"probe-{kind}-{uid}-{name}")
+        if self._answers(uid, names) != before:
+            # A container became started/ready (or stopped being) by this update alone,
+            # e.g. one without probes that now runs: the pod's status must be written
+            # again. Told after the caller's current step, not inside it.
+            asyncio.get_running_loop().call_soon(self._notify, uid)
 
     def remove(self, pod_uid: str) -> None:
         """Stops every probe of the pod and forgets it."""
@@ -140,20 +147,17 @@ class ProbeManager:
         self._pod_ips.pop(pod_uid, None)
 
     def started(self, pod_uid: str, name: str) -> bool:
-        """Running and past its startup probe (if it has one)."""
+        """Running (as the last update() said) and past its startup probe if it has
+        one."""
         state = self._states.get((pod_uid, name))
-        if state is not None:
-            return state.started()
-        return not self._declares(pod_uid, name, STARTUP)
+        return state is not None and state.started()
 
     def ready(self, pod_uid: str, name: str) -> bool:
         """Started and, with a readiness probe, past its successThreshold; true for a
-        container without probes."""
+        running container without probes. False for containers update() has not been
+        told of: an update() that changes an answer calls on_change."""
         state = self._states.get((pod_uid, name))
-        if state is None:
-            return not (self._declares(pod_uid, name, READINESS)
-                        or self._declares(pod_uid, name, STARTUP))
-        if not state.started():
+        if state is None or not state.started():
             return False
         return not state.has(READINESS) or state.results.get(READINESS) == SUCCESS
 
@@ -187,12 +191,15 @@ class ProbeManager:
 
     # --- workers ----------------------------------------------------------------------
 
-    def _declares(self, pod_uid: str, name: str, kind: str) -> bool:
-        pod = self._pods.get(pod_uid)
-        if pod is None:
-            return False
-        return any(c.get("name") == name and c.get(KINDS[kind]) is not None
-                   for c in _probed_containers(pod))
+    def _answers(self, pod_uid: str, names: set[str]) -> dict[str, tuple[bool, bool]]:
+        return {name: (self.started(pod_uid, name), self.ready(pod_uid, name))
+                for name in names}
+
+    def _notify(self, pod_uid: str) -> None:
+        try:
+            self.on_change(pod_uid)
+        except Exception:
+            log.exception("probe result handler")
 
     def _drop(self, pod_uid: str, name: str) -> None:
         state = self._states.pop((pod_uid, name), None)
@@ -266,10 +273,7 @@ class ProbeManager:
             state.failure_message = f"{kind.capitalize()} probe failed: {result.output}"
             changed = True
         if changed:
-            try:
-                self.on_change(uid)
-            except Exception:
-                log.exception("probe result handler")
+            self._notify(uid)
 
     def _event(self, uid: str, name: str, reason: str, message: str) -> None:
         if self.record_event is None or uid not in self._pods:

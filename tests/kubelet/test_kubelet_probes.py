@@ -114,10 +114,13 @@ def test_http_readiness_follows_the_server():
                              "httpHeaders": [{"name": "X-Probe", "value": "yes"}]}},
                              successThreshold=2, failureThreshold=2)}
             pod = pod_with(container)
+            assert not manager.started(UID, "web") and not manager.ready(UID, "web")
             manager.update(pod, "127.0.0.1", {"web": ("c1", time.monotonic())})
             assert manager.started(UID, "web") and not manager.ready(UID, "web")
+            await asyncio.sleep(0)
+            assert changes.calls == [UID]       # started by the update itself
             await wait_until(lambda: manager.ready(UID, "web"))
-            assert changes.calls == [UID]
+            assert changes.calls == [UID, UID]
             assert len(server.requests) >= 2                # successThreshold 2
             request = server.requests[0]
             assert request.headers["User-Agent"] == USER_AGENT
@@ -125,7 +128,7 @@ def test_http_readiness_follows_the_server():
             assert request.headers["X-Probe"] == "yes"
             server.status = 503
             await wait_until(lambda: not manager.ready(UID, "web"))
-            assert changes.calls == [UID, UID]
+            assert changes.calls == [UID] * 3
             assert manager.liveness_failed(UID, "web") is None
             server.status = 302     # a redirect without Location: 3xx counts as success
             await wait_until(lambda: manager.ready(UID, "web"))
@@ -196,7 +199,7 @@ def test_tcp_liveness():
             assert manager.liveness_failed(UID, "db") == (
                 f"Liveness probe failed: dial tcp 127.0.0.1:{port}: connect: "
                 f"connection refused")
-            assert changes.calls == [UID]
+            assert changes.calls == [UID, UID]      # running (update), then failed
         finally:
             await manager.close()
     run(main())
@@ -367,7 +370,8 @@ def test_initial_delay():
 
 def test_containers_without_probes_and_unrunnable_probes():
     async def main():
-        manager = ProbeManager(FakeRuntime(lambda *_: (0, b"", b"")), Changes(),
+        changes = Changes()
+        manager = ProbeManager(FakeRuntime(lambda *_: (0, b"", b"")), changes,
                                time_scale=SCALE)
         try:
             plain = {"name": "plain"}
@@ -379,13 +383,18 @@ def test_containers_without_probes_and_unrunnable_probes():
                                               "broken": ("c2", time.monotonic())})
             assert manager.ready(UID, "plain") and manager.started(UID, "plain")
             await asyncio.sleep(0.1)
+            assert changes.calls == [UID]   # plain became ready with the update
+            manager.update(pod, "127.0.0.1", {"plain": ("c1", time.monotonic()),
+                                              "broken": ("c2", time.monotonic())})
+            await asyncio.sleep(0)
+            assert changes.calls == [UID]   # the same again: nothing to tell
             assert not manager.ready(UID, "broken")     # errors are not successes
             assert manager.liveness_failed(UID, "broken") is None
             # A container that stops running: its probes stop and it is not ready.
             manager.update(pod, "127.0.0.1", {"plain": ("c1", time.monotonic())})
             assert not manager.ready(UID, "broken")
             manager.remove(UID)
-            assert manager.ready(UID, "plain")          # unknown pod: no probes to fail
+            assert not manager.ready(UID, "plain")      # not known to run
             assert not any(t for t in asyncio.all_tasks()
                            if t.get_name().startswith("probe-") and not t.done()
                            and not t.cancelling())
