@@ -447,8 +447,7 @@ class PodWorkers:
             message = self.deps.probes.liveness_failed(uid, name)
             if not message:
                 return None
-            field_path = container_field_path(pod, name)
-            self.deps.recorder.emit(pod, WARNING, "Unhealthy", message, field_path=field_path)
+            # The probe manager has recorded the Unhealthy events; the kill is ours.
             await self._kill_container(pod, container, latest.id,
                                        grace=_spec(pod).get("terminationGracePeriodSeconds", 30),
                                        message=f"Container {name} failed liveness probe, "
