@@ -1,0 +1,517 @@
+"""The kubelet's HTTPS server over real TLS on 127.0.0.1 with fakes behind it: client
+certificates and bearer tokens (a fake TokenReview), SubjectAccessReview authorization
+and its 403 text, /containerLogs, exec relayed to a fake CRI streaming server,
+/metrics and /stats/summary."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import ssl
+import time
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import WSMsgType, web
+
+from kubesmith.cri import api
+from kubesmith.cri.client import NotFoundError
+from kubesmith.kubelet import logs
+from kubesmith.kubelet.server import KubeletServer, authorization_subresources
+
+NODE = "node-1"
+UID = "0b7a1c3e-0000-4000-8000-000000000001"
+T0 = 1_700_000_000 * 1_000_000_000
+
+
+# --- fakes ----------------------------------------------------------------------------
+
+class FakeApi:
+    """TokenReview and SubjectAccessReview answers: `tokens` maps a token to a user
+    dict; `allowed` holds (user, verb, subresource) triples."""
+
+    def __init__(self):
+        self.tokens: dict[str, dict] = {}
+        self.allowed: set[tuple[str, str, str]] = set()
+        self.calls: list[tuple[str, dict]] = []
+
+    async def create(self, resource, body, namespace=None, **_):
+        self.calls.append((resource, body))
+        spec = body["spec"]
+        if resource == "authentication.k8s.io/v1 tokenreviews":
+            user = self.tokens.get(spec["token"])
+            status = {"authenticated": True, "user": user} if user else {"authenticated": False}
+            return dict(body, status=status)
+        assert resource == "authorization.k8s.io/v1 subjectaccessreviews"
+        attrs = spec["resourceAttributes"]
+        assert (attrs["resource"], attrs["name"], attrs["version"]) == ("nodes", NODE, "v1")
+        allowed = (spec["user"], attrs["verb"], attrs["subresource"]) in self.allowed
+        return dict(body, status={"allowed": allowed})
+
+    def reviews(self, kind: str) -> list[dict]:
+        return [body for resource, body in self.calls if kind in resource]
+
+
+class FakeRuntime:
+    """The CRI calls the server makes, over a list of api.Container records."""
+
+    def __init__(self):
+        self.containers: list[api.Container] = []
+        self.log_paths: dict[str, str] = {}
+        self.stream_url = ""
+        self.exec_calls: list[tuple] = []
+
+    def add(self, cid: str, pod: str, container: str, restarts: int, state, log_path: str,
+            uid: str = UID, namespace: str = "default") -> None:
+        self.containers.append(api.Container(
+            id=cid, state=state, created_at=T0 + restarts,
+            metadata=api.ContainerMetadata(name=container, attempt=restarts),
+            labels={"io.kubernetes.pod.name": pod, "io.kubernetes.pod.namespace": namespace,
+                    "io.kubernetes.pod.uid": uid, "io.kubernetes.container.name": container},
+            annotations={"io.kubernetes.container.restartCount": str(restarts)}))
+        self.log_paths[cid] = log_path
+
+    def set_state(self, cid: str, state) -> None:
+        for c in self.containers:
+            if c.id == cid:
+                c.state = state
+
+    async def list_containers(self, filter=None):
+        found = []
+        for c in self.containers:
+            if filter is not None:
+                if filter.HasField("state") and c.state != filter.state.state:
+                    continue
+                if any(c.labels.get(k) != v for k, v in filter.label_selector.items()):
+                    continue
+            found.append(c)
+        return found
+
+    async def container_status(self, container_id, verbose=False):
+        for c in self.containers:
+            if c.id == container_id:
+                return api.ContainerStatus(id=c.id, state=c.state, metadata=c.metadata,
+                                           log_path=self.log_paths[c.id])
+        return None
+
+    async def exec(self, container_id, cmd, tty=False, stdin=False, stdout=True,
+                   stderr=True):
+        if container_id == "gone":
+            raise NotFoundError("Exec", None, "container gone")
+        self.exec_calls.append((container_id, list(cmd), tty, stdin, stdout, stderr))
+        return self.stream_url
+
+    async def list_pod_sandbox(self, filter=None):
+        return [api.PodSandbox(id="sb1", state=api.SANDBOX_READY, created_at=T0,
+                               metadata=api.PodSandboxMetadata(name="web", namespace="default",
+                                                               uid=UID))]
+
+    async def list_container_stats(self, filter=None):
+        stats = []
+        for c in self.containers:
+            stats.append(api.ContainerStats(
+                attributes=api.ContainerAttributes(id=c.id, metadata=c.metadata,
+                                                   labels=c.labels),
+                cpu=api.CpuUsage(timestamp=time.time_ns(),
+                                 usage_core_nano_seconds=api.UInt64Value(value=5_000_000),
+                                 usage_nano_cores=api.UInt64Value(value=1_000)),
+                memory=api.MemoryUsage(timestamp=time.time_ns(),
+                                       working_set_bytes=api.UInt64Value(value=4096),
+                                       usage_bytes=api.UInt64Value(value=8192))))
+        return stats
+
+    async def image_fs_info(self):
+        return api.ImageFsInfoResponse(image_filesystems=[api.FilesystemUsage(
+            timestamp=time.time_ns(), fs_id=api.FilesystemIdentifier(mountpoint="/"),
+            used_bytes=api.UInt64Value(value=1234))])
+
+
+class StreamingServer:
+    """A stand-in for containerd's CRI streaming server: a WebSocket on 127.0.0.1 that
+    speaks the v4/v1 channel protocols, echoes stdin to stdout upper-cased, and on a
+    stdin line "exit" sends a Success Status on channel 3 and closes."""
+
+    def __init__(self):
+        self.protocols: list[str | None] = []
+        self.received: list[bytes] = []
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handler(self, request):
+        socket = web.WebSocketResponse(protocols=["v4.channel.k8s.io", "channel.k8s.io"])
+        await socket.prepare(request)
+        self.protocols.append(socket.ws_protocol)
+        await socket.send_bytes(b"\x01ready\n")
+        async for message in socket:
+            if message.type != WSMsgType.BINARY:
+                break
+            self.received.append(message.data)
+            channel, data = message.data[0], message.data[1:]
+            if channel == 0 and data.strip() == b"exit":
+                await socket.send_bytes(b"\x03" + json.dumps(
+                    {"metadata": {}, "status": "Success"}).encode())
+                break
+            if channel == 0:
+                await socket.send_bytes(b"\x01" + data.upper())
+        await socket.close()
+        return socket
+
+    async def start(self):
+        app = web.Application()
+        app.router.add_get("/exec/{token}", self.handler)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/exec/abc123"
+
+    async def stop(self):
+        await self.runner.cleanup()
+
+
+# --- harness --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pki")
+    serving_ca, client_ca, stranger_ca = trustme.CA(), trustme.CA(), trustme.CA()
+    serving = serving_ca.issue_cert("127.0.0.1")
+    paths = {}
+    serving.cert_chain_pems[0].write_to_path(str(folder / "tls.crt"))
+    serving.private_key_pem.write_to_path(str(folder / "tls.key"))
+    client_ca.cert_pem.write_to_path(str(folder / "client-ca.crt"))
+    paths.update(cert=str(folder / "tls.crt"), key=str(folder / "tls.key"),
+                 client_ca=str(folder / "client-ca.crt"))
+    return {"paths": paths, "serving_ca": serving_ca, "client_ca": client_ca,
+            "stranger_ca": stranger_ca}
+
+
+def client_context(pki, ca=None, cn=None, orgs=None) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    pki["serving_ca"].configure_trust(context)
+    if cn:
+        leaf = (ca or pki["client_ca"]).issue_cert(common_name=cn, organization_name=orgs)
+        leaf.configure_cert(context)
+    return context
+
+
+class Kubelet:
+    def __init__(self, pki, tmp_path):
+        self.pki = pki
+        self.api = FakeApi()
+        self.runtime = FakeRuntime()
+        self.pods: dict[tuple[str, str], dict] = {}
+        self.tmp = tmp_path
+        paths = pki["paths"]
+        self.server = KubeletServer(
+            address="127.0.0.1", port=0, cert_file=paths["cert"], key_file=paths["key"],
+            client_ca_file=paths["client_ca"], client=self.api, runtime=self.runtime,
+            node_name=NODE, get_pod=lambda ns, name: self.pods.get((ns, name)),
+            list_pods=lambda: list(self.pods.values()), root_dir=str(tmp_path),
+            pod_log_dir=str(tmp_path / "pods-logs"))
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.server.bound_port}"
+
+    def session(self, cn="admin", orgs=None, ca=None, token=None) -> aiohttp.ClientSession:
+        context = client_context(self.pki, ca=ca, cn=cn, orgs=orgs)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context),
+                                     headers=headers)
+
+    def add_pod(self, name="web", containers=("app",), status=None) -> dict:
+        pod = {"metadata": {"name": name, "namespace": "default", "uid": UID},
+               "spec": {"containers": [{"name": c} for c in containers]},
+               "status": status or {}}
+        self.pods[("default", name)] = pod
+        return pod
+
+    def write_log(self, name: str, *lines: str) -> str:
+        path = self.tmp / "pods-logs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as out:
+            for n, text in enumerate(lines):
+                out.write(f"{logs.format_rfc3339(T0 + n)} stdout F {text}\n")
+        return str(path)
+
+
+def run(pki, tmp_path, body):
+    """Starts a kubelet server, runs `body(kubelet)`, stops it (also on failure)."""
+    async def main():
+        kubelet = Kubelet(pki, tmp_path)
+        await kubelet.server.start()
+        try:
+            return await asyncio.wait_for(body(kubelet), 30)
+        finally:
+            await kubelet.server.stop()
+    return asyncio.run(main())
+
+
+async def get(session, url, **kwargs) -> tuple[int, str]:
+    async with session.get(url, **kwargs) as response:
+        return response.status, await response.text()
+
+
+# --- authentication and authorization -------------------------------------------------
+
+def test_subresources_by_path():
+    assert authorization_subresources("/stats/summary") == ["stats"]
+    assert authorization_subresources("/stats") == ["stats"]
+    assert authorization_subresources("/statsfoo") == ["proxy"]
+    assert authorization_subresources("/metrics/cadvisor") == ["metrics"]
+    assert authorization_subresources("/logs/syslog") == ["log"]
+    assert authorization_subresources("/checkpoint/a/b/c") == ["checkpoint"]
+    assert authorization_subresources("/containerLogs/ns/p/c") == ["proxy"]
+    assert authorization_subresources("/exec/ns/p/c") == ["proxy"]
+    assert authorization_subresources("/pods") == ["pods", "proxy"]
+    assert authorization_subresources("/healthz") == ["healthz", "proxy"]
+    assert authorization_subresources("/configz") == ["configz", "proxy"]
+
+
+def test_client_certificate_is_the_user(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.api.allowed.add(("kube-apiserver-kubelet-client", "get", "proxy"))
+        async with k.session("kube-apiserver-kubelet-client", "kubeadm:cluster-admins") as s:
+            assert await get(s, k.base + "/healthz") == (200, "ok")
+        review = k.api.reviews("subjectaccessreviews")
+        # healthz is asked as its own subresource first, then as proxy.
+        assert [r["spec"]["resourceAttributes"]["subresource"] for r in review] == [
+            "healthz", "proxy"]
+        assert review[0]["spec"]["user"] == "kube-apiserver-kubelet-client"
+        assert set(review[0]["spec"]["groups"]) == {"kubeadm:cluster-admins",
+                                                    "system:authenticated"}
+    run(pki, tmp_path, body)
+
+
+def test_no_credentials_is_401(pki, tmp_path):
+    async def body(k: Kubelet):
+        async with k.session(cn=None) as s:
+            assert await get(s, k.base + "/healthz") == (401, "Unauthorized")
+            assert (await get(s, k.base + "/nothing-here"))[0] == 401
+        async with k.session(cn=None, token="bogus") as s:
+            assert await get(s, k.base + "/healthz") == (401, "Unauthorized")
+        assert k.api.reviews("subjectaccessreviews") == []
+    run(pki, tmp_path, body)
+
+
+def test_certificate_of_another_ca_is_refused(pki, tmp_path):
+    async def body(k: Kubelet):
+        async with k.session("mallory", ca=pki["stranger_ca"]) as s:
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+                await get(s, k.base + "/healthz")
+    run(pki, tmp_path, body)
+
+
+def test_bearer_token_through_token_review_is_cached(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.api.tokens["good-token"] = {"username": "system:serviceaccount:mon:scraper",
+                                      "uid": "u-1", "groups": ["system:serviceaccounts"]}
+        k.api.allowed.add(("system:serviceaccount:mon:scraper", "get", "metrics"))
+        async with k.session(cn=None, token="good-token") as s:
+            for _ in range(3):
+                status, text = await get(s, k.base + "/metrics")
+                assert status == 200 and "kubelet_http_requests_total" in text
+        assert len(k.api.reviews("tokenreviews")) == 1
+        assert len(k.api.reviews("subjectaccessreviews")) == 1
+        spec = k.api.reviews("subjectaccessreviews")[0]["spec"]
+        assert spec["uid"] == "u-1"
+        assert "system:authenticated" in spec["groups"]
+    run(pki, tmp_path, body)
+
+
+def test_denied_is_403_with_upstreams_text(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.add_pod()
+        async with k.session("alice", "devs") as s:
+            assert await get(s, k.base + "/containerLogs/default/web/app") == (
+                403, "Forbidden (user=alice, verb=get, resource=nodes, subresource(s)=[proxy])")
+            assert await get(s, k.base + "/stats/summary") == (
+                403, "Forbidden (user=alice, verb=get, resource=nodes, subresource(s)=[stats])")
+            assert await get(s, k.base + "/pods") == (
+                403, "Forbidden (user=alice, verb=get, resource=nodes, "
+                     "subresource(s)=[pods proxy])")
+            async with s.post(k.base + "/exec/default/web/app?command=ls&stdout=1") as r:
+                assert r.status == 403
+                assert "verb=create" in await r.text()
+            # Denials are cached too (30 s): the same question is not asked again.
+            before = len(k.api.reviews("subjectaccessreviews"))
+            await get(s, k.base + "/stats/summary")
+            assert len(k.api.reviews("subjectaccessreviews")) == before
+    run(pki, tmp_path, body)
+
+
+# --- containerLogs --------------------------------------------------------------------
+
+def test_container_logs_over_https(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.api.allowed.add(("admin", "get", "proxy"))
+        k.add_pod(status={"containerStatuses": [{
+            "name": "app", "state": {"running": {}},
+            "lastState": {"terminated": {"containerID": "containerd://c0"}}}]})
+        old = k.write_log("c0.log", "old 1", "old 2")
+        new = k.write_log("c1.log", "new 1", "new 2", "new 3")
+        k.runtime.add("c0", "web", "app", 0, api.CONTAINER_EXITED, old)
+        k.runtime.add("c1", "web", "app", 1, api.CONTAINER_RUNNING, new)
+        base = k.base + "/containerLogs/default/web/app"
+        async with k.session() as s:
+            assert await get(s, base) == (200, "new 1\nnew 2\nnew 3\n")
+            assert await get(s, base + "?tailLines=1") == (200, "new 3\n")
+            assert await get(s, base + "?previous=true") == (200, "old 1\nold 2\n")
+            assert await get(s, base + "?limitBytes=8") == (200, "new 1\nne")
+            status, text = await get(s, base + "?timestamps=true&tailLines=1")
+            assert text == f"{logs.format_rfc3339(T0 + 2)} new 3\n"
+            assert await get(s, k.base + "/containerLogs/default/nope/app") == (
+                404, 'pod "nope" does not exist')
+            assert await get(s, k.base + "/containerLogs/default/web/db") == (
+                404, 'container "db" not found in pod "web"')
+            assert await get(s, base + "?tailLines=-1") == (422, '{"message": "Invalid request."}')
+            assert await get(s, base + "?tailLines=x") == (
+                400, '{"message": "Unable to decode query."}')
+    run(pki, tmp_path, body)
+
+
+def test_previous_without_a_terminated_container(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.api.allowed.add(("admin", "get", "proxy"))
+        k.add_pod(status={"containerStatuses": [{"name": "app", "state": {"running": {}},
+                                                 "lastState": {}}]})
+        k.runtime.add("c1", "web", "app", 0, api.CONTAINER_RUNNING, k.write_log("c1.log", "x"))
+        k.add_pod("pending", status={"containerStatuses": [{
+            "name": "app", "state": {"waiting": {"reason": "ContainerCreating"}}}]})
+        async with k.session() as s:
+            assert await get(s, k.base + "/containerLogs/default/web/app?previous=1") == (
+                400, 'previous terminated container "app" in pod "web" not found')
+            assert await get(s, k.base + "/containerLogs/default/pending/app") == (
+                400, 'container "app" in pod "pending" is waiting to start: ContainerCreating')
+    run(pki, tmp_path, body)
+
+
+def test_follow_streams_until_the_container_exits(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.api.allowed.add(("admin", "get", "proxy"))
+        k.add_pod()
+        path = k.write_log("c1.log", "one")
+        k.runtime.add("c1", "web", "app", 0, api.CONTAINER_RUNNING, path)
+        async with k.session() as s:
+            async with s.get(k.base + "/containerLogs/default/web/app?follow=true") as r:
+                assert r.status == 200
+                assert await r.content.readline() == b"one\n"
+                with open(path, "a") as out:
+                    out.write(f"{logs.format_rfc3339(T0)} stdout F two\n")
+                assert await asyncio.wait_for(r.content.readline(), 5) == b"two\n"
+                k.runtime.set_state("c1", api.CONTAINER_EXITED)
+                # The stream ends by itself once the container has exited.
+                assert await asyncio.wait_for(r.content.read(), 5) == b""
+    run(pki, tmp_path, body)
+
+
+# --- exec -----------------------------------------------------------------------------
+
+def test_exec_is_relayed_to_the_streaming_server(pki, tmp_path):
+    async def body(k: Kubelet):
+        streaming = StreamingServer()
+        await streaming.start()
+        try:
+            k.runtime.stream_url = streaming.url
+            k.api.allowed.add(("admin", "get", "proxy"))
+            k.add_pod()
+            k.runtime.add("c1", "web", "app", 0, api.CONTAINER_RUNNING, "")
+            url = (k.base + "/exec/default/web/app?command=sh&command=-c&command=cat"
+                   "&stdin=true&stdout=true&stderr=true")
+            async with k.session() as s:
+                async with s.ws_connect(url, protocols=["v5.channel.k8s.io",
+                                                        "v4.channel.k8s.io"]) as ws:
+                    assert ws.protocol == "v5.channel.k8s.io"
+                    assert (await ws.receive_bytes(timeout=5)) == b"\x01ready\n"
+                    await ws.send_bytes(b"\x00hello\n")
+                    assert (await ws.receive_bytes(timeout=5)) == b"\x01HELLO\n"
+                    await ws.send_bytes(b"\xff\x00")        # v5 close of stdin: dropped
+                    await ws.send_bytes(b"\x00exit\n")
+                    status = await ws.receive_bytes(timeout=5)
+                    assert status[0] == 3
+                    assert json.loads(status[1:])["status"] == "Success"
+                    closing = await ws.receive(timeout=5)
+                    assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
+            assert streaming.protocols == ["v4.channel.k8s.io"]
+            assert b"\xff\x00" not in streaming.received
+            assert k.runtime.exec_calls == [("c1", ["sh", "-c", "cat"], False, True, True, True)]
+        finally:
+            await streaming.stop()
+    run(pki, tmp_path, body)
+
+
+def test_exec_refusals(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.api.allowed.add(("admin", "get", "proxy"))
+        k.add_pod()
+        k.add_pod("idle")
+        k.runtime.add("c1", "web", "app", 0, api.CONTAINER_RUNNING, "")
+        ws_headers = {"Connection": "Upgrade", "Upgrade": "websocket",
+                      "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGVzdGtleTEyMzQ1Njc4OQ==",
+                      "Sec-WebSocket-Protocol": "v5.channel.k8s.io"}
+        async with k.session() as s:
+            url = k.base + "/exec/default/{}/app?command=ls&stdout=1"
+            assert await get(s, url.format("web")) == (400, "Upgrade request required")
+            status, text = await get(s, url.format("web"), headers=dict(
+                ws_headers, Upgrade="SPDY/3.1", **{"Sec-WebSocket-Protocol": ""}))
+            assert status == 400 and "SPDY/3.1" in text
+            assert await get(s, url.format("missing"), headers=ws_headers) == (
+                404, "pod does not exist")
+            assert await get(s, url.format("idle"), headers=ws_headers) == (
+                500, 'container not found ("app")')
+            assert await get(s, k.base + "/exec/default/web/app?command=ls",
+                             headers=ws_headers) == (
+                400, "you must specify at least 1 of stdin, stdout, stderr")
+            status, text = await get(s, url.format("web"), headers=dict(
+                ws_headers, **{"Sec-WebSocket-Protocol": "v9.nonsense"}))
+            assert status == 400 and "unable to negotiate protocol" in text
+    run(pki, tmp_path, body)
+
+
+# --- metrics and stats ----------------------------------------------------------------
+
+def test_metrics_and_summary(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.api.allowed.update({("admin", "get", "metrics"), ("admin", "get", "stats")})
+        k.runtime.add("c1", "web", "app", 0, api.CONTAINER_RUNNING, "")
+        k.runtime.add("c0", "web", "app", 0, api.CONTAINER_EXITED, "")
+        async with k.session() as s:
+            status, text = await get(s, k.base + "/metrics")
+            assert status == 200
+            assert "kubelet_running_pods 1.0" in text
+            assert 'kubelet_running_containers{container_state="running"} 1.0' in text
+            assert f'kubelet_node_name{{node="{NODE}"}} 1.0' in text
+            status, text = await get(s, k.base + "/stats/summary")
+            assert status == 200
+            summary = json.loads(text)
+            node = summary["node"]
+            assert node["nodeName"] == NODE
+            assert node["memory"]["workingSetBytes"] > 0
+            assert node["cpu"]["usageCoreNanoSeconds"] > 0
+            assert node["fs"]["capacityBytes"] > 0
+            assert node["runtime"]["imageFs"]["usedBytes"] == 1234
+            [pod] = summary["pods"]
+            assert pod["podRef"] == {"name": "web", "namespace": "default", "uid": UID}
+            # Only the running container counts.
+            assert [c["name"] for c in pod["containers"]] == ["app"]
+            assert pod["cpu"]["usageNanoCores"] == 1000
+            assert pod["memory"]["workingSetBytes"] == 4096
+            status, text = await get(s, k.base + "/stats/summary?only_cpu_and_memory=true")
+            assert "fs" not in json.loads(text)["node"]
+    run(pki, tmp_path, body)
+
+
+def test_pods_list(pki, tmp_path):
+    async def body(k: Kubelet):
+        k.api.allowed.add(("admin", "get", "pods"))
+        k.add_pod()
+        async with k.session() as s:
+            status, text = await get(s, k.base + "/pods")
+        assert status == 200
+        listed = json.loads(text)
+        assert listed["kind"] == "PodList"
+        assert [p["metadata"]["name"] for p in listed["items"]] == ["web"]
+    run(pki, tmp_path, body)
