@@ -422,3 +422,98 @@ def test_container_mount_errors(root, tmp_path):
 
 def test_mountinfo_escapes():
     assert volumes_module._unescape_mountinfo(r"/a\040b\134c") == "/a b\\c"
+
+
+# --- against a real API server --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def api_cluster():
+    from kubesmith.store.testing import etcd_available
+    from tests.apiserver.harness import Cluster
+    if not etcd_available():
+        pytest.skip("needs /usr/bin/etcd (etcd-server)")
+    with Cluster() as running:
+        yield running
+
+
+def test_real_api_server_node_identity_volumes_and_env(api_cluster, root):
+    """With a real kube-apiserver (Node authorizer): the node reads the ConfigMaps and
+    Secrets its pod references, nothing else, and gets a token bound to the pod."""
+    import json as json_module
+
+    import jwt
+
+    from kubesmith.client.kubeconfig import ClientConfig
+    from kubesmith.client.rest import ApiClient
+    from kubesmith.kubelet.envvars import EnvError, container_env
+
+    cluster = api_cluster
+    ns = cluster.new_namespace("kubelet-vol-", default_service_account=True)
+    for obj in (configmap("app-config", {"mode": "fast"}, namespace=ns),
+                configmap("kube-root-ca.crt", {"ca.crt": "CA PEM"}, namespace=ns),
+                configmap("unrelated", {"x": "y"}, namespace=ns),
+                secret("app-secret", {"password": b"hunter2"}, namespace=ns)):
+        plural = obj["kind"].lower() + "s"
+        answer = cluster.request("POST", f"/api/v1/namespaces/{ns}/{plural}", obj)
+        assert answer.status == 201, answer.body
+    container = {"name": "app", "image": "kubesmith.local/busybox:latest",
+                 "env": [{"name": "PASSWORD", "valueFrom": {"secretKeyRef": {
+                     "name": "app-secret", "key": "password"}}}],
+                 "volumeMounts": [{"name": "config", "mountPath": "/etc/app"}]}
+    answer = cluster.request("POST", f"/api/v1/namespaces/{ns}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+        "spec": {"nodeName": "node-vol", "containers": [container],
+                 "volumes": [{"name": "config", "configMap": {"name": "app-config"}},
+                             {"name": "creds", "secret": {"secretName": "app-secret"}}]}})
+    assert answer.status == 201, answer.body
+    pod = answer.json()
+    access = [v["name"] for v in pod["spec"]["volumes"]
+              if v["name"].startswith("kube-api-access-")]
+    assert len(access) == 1     # added by the ServiceAccount admission
+
+    cert = cluster.client_cert("system:node:node-vol", "system:nodes")
+    config = ClientConfig(server=cluster.url, ssl_context=cluster.ssl_context(cert))
+
+    async def main():
+        async with ApiClient(config, component="kubelet") as client:
+            manager = VolumeManager(client, root, "node-vol")
+            # The Node authorizer learns of the pod from a watch: allow it a moment.
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    paths = await manager.setup(pod)
+                    break
+                except VolumeError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
+            try:
+                token_dir = paths[access[0]]
+                assert read(os.path.join(token_dir, "ca.crt")) == "CA PEM"
+                assert read(os.path.join(token_dir, "namespace")) == ns
+                claims = jwt.decode(read(os.path.join(token_dir, "token")),
+                                    options={"verify_signature": False})
+                assert claims["sub"] == f"system:serviceaccount:{ns}:default"
+                assert claims["kubernetes.io"]["pod"] == {"name": "web",
+                                                          "uid": pod["metadata"]["uid"]}
+                assert read(os.path.join(paths["config"], "mode")) == "fast"
+                assert read(os.path.join(paths["creds"], "password")) == "hunter2"
+                env = await container_env(pod, container, client=client, services=[],
+                                          node_name="node-vol", host_ip="127.0.0.1",
+                                          pod_ip="10.244.0.9")
+                assert {kv.key: kv.value for kv in env}["PASSWORD"] == "hunter2"
+                # Not referenced by any of the node's pods: refused.
+                stranger = json_module.loads(json_module.dumps(pod))
+                stranger["metadata"]["uid"] = "another-uid"
+                stranger["spec"]["volumes"] = [{"name": "u", "configMap": {
+                    "name": "unrelated"}}]
+                with pytest.raises(VolumeError, match="couldn't get configmap"):
+                    await manager.setup(stranger)
+                with pytest.raises(EnvError, match="couldn't get configmap"):
+                    await container_env(pod, {"name": "x", "envFrom": [{"configMapRef": {
+                        "name": "unrelated"}}]}, client=client, services=[],
+                        node_name="node-vol", host_ip="", pod_ip="")
+            finally:
+                await manager.teardown(pod["metadata"]["uid"])
+                await manager.teardown("another-uid")
+    run(main())
