@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from kubesmith.cri import api
 from kubesmith.cri.testing import import_image, remove_cgroup_tree, start_containerd
 from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE
 from tests.cri.conftest import run
