@@ -2,7 +2,6 @@
 request shapes, unwrapped replies, deadlines and error mapping, without containerd."""
 from __future__ import annotations
 
-
 import grpc
 import grpc.aio
 import pytest
