@@ -27,6 +27,7 @@ from kubesmith.client.informers import InformerFactory
 from kubesmith.client.rest import ApiClient
 from kubesmith.flags import FlagParser, cidrs, parse_duration, port_or_zero
 from kubesmith.podnetwork.agent import PodNetworkAgent
+from kubesmith.proxy.iptables import CommandRunner
 
 log = logging.getLogger("kubesmith-pod-network")
 
@@ -79,7 +80,10 @@ def parse(argv: list[str]) -> Options:
     return options
 
 
-async def run(options: Options) -> int:
+async def run(options: Options, *, runner: CommandRunner | None = None,
+              stopping: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or until `stopping` is set, when given); `runner` runs
+    the host commands (tests give one that enters a network namespace)."""
     missing = [p for p in PLUGINS if not Path(options.cni_bin_dir, p).exists()]
     if missing:
         log.warning("CNI plugins missing from %s: %s", options.cni_bin_dir, ", ".join(missing))
@@ -88,7 +92,8 @@ async def run(options: Options) -> int:
     nodes = informers.informer("v1 nodes")
     agent = PodNetworkAgent(node_name=options.node_name, cluster_cidrs=options.cluster_cidr,
                             cni_conf_dir=Path(options.cni_conf_dir), nodes=nodes.lister.list,
-                            bridge=options.bridge_name, resync_period=options.resync_period)
+                            bridge=options.bridge_name, resync_period=options.resync_period,
+                            runner=runner)
     nodes.add_event_handler(agent.changed, agent.changed, agent.changed)
 
     runner = None
@@ -102,10 +107,11 @@ async def run(options: Options) -> int:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", options.healthz_port).start()
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    if stopping is None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
     informers.start()
     stop = asyncio.create_task(stopping.wait())
     try:

@@ -116,9 +116,12 @@ def node_being_deleted(node: dict | None) -> bool:
                for t in (node.get("spec") or {}).get("taints") or [])
 
 
-async def run(config: proxy_config.ProxyConfig) -> int:
+async def run(config: proxy_config.ProxyConfig, *, runner: CommandRunner | None = None,
+              stopping: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or until `stopping` is set, when given); `runner` runs
+    the host commands (tests give one that enters a network namespace)."""
     node_name = (config.hostname_override or socket.gethostname()).strip().lower()
-    runner = CommandRunner()
+    runner = runner or CommandRunner()
     iptables = Iptables(runner)
     client = ApiClient.from_kubeconfig(config.kubeconfig, component="kube-proxy",
                                        qps=config.kube_api_qps, burst=config.kube_api_burst)
@@ -181,10 +184,11 @@ async def run(config: proxy_config.ProxyConfig) -> int:
     servers = [await _serve(health_app(health), config.healthz_bind_address, "healthz"),
                await _serve(metrics_app(metrics), config.metrics_bind_address, "metrics")]
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    if stopping is None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
     informers.start()
     stop = asyncio.create_task(stopping.wait())
     status = 0
