@@ -397,29 +397,46 @@ class VolumeManager:
         spec = volume[source] or {}
         if not os.path.isdir(path):
             os.makedirs(path, exist_ok=True)
+        fs_group = _fs_group(pod)
         if source == "emptyDir":
             if initial:
-                await self._setup_empty_dir(path, spec)
+                await self._setup_empty_dir(pod, path, spec)
+                if fs_group is not None:
+                    set_ownership(path, fs_group, read_only=False)
             return path
         if source in TMPFS_SOURCES:
             await mount_tmpfs(path)
         else:
             os.chmod(path, 0o777)
         payload = await self._payload(pod, volume, source, spec)
-        write_atomic(path, payload)
+        if write_atomic(path, payload) and fs_group is not None:
+            set_ownership(path, fs_group, read_only=True)
         return path
 
-    async def _setup_empty_dir(self, path: str, spec: Obj) -> None:
+    async def _setup_empty_dir(self, pod: Obj, path: str, spec: Obj) -> None:
         medium = spec.get("medium") or ""
         if medium == "Memory":
-            size = None
-            if spec.get("sizeLimit") is not None:
-                limit = parse_quantity(spec["sizeLimit"])
-                size = int(limit) if limit else None
-            await mount_tmpfs(path, size)
+            await mount_tmpfs(path, self._memory_volume_size(pod, spec))
         elif medium:
             raise VolumeError(f"emptyDir medium {medium!r} is not supported")
         os.chmod(path, 0o777)       # upstream's emptyDir is world-writable
+
+    def _memory_volume_size(self, pod: Obj, spec: Obj) -> int | None:
+        """A memory-backed emptyDir's tmpfs size, as upstream sizes it: the smallest of
+        its sizeLimit, the pod's memory limit (when every container has one) and the
+        node's allocatable memory; None (tmpfs' default) when none is known."""
+        candidates = []
+        if spec.get("sizeLimit") is not None:
+            candidates.append(parse_quantity(spec["sizeLimit"]))
+        containers = (pod.get("spec") or {}).get("containers") or []
+        limits = [((c.get("resources") or {}).get("limits") or {}).get("memory")
+                  for c in containers]
+        if containers and all(limit is not None for limit in limits):
+            candidates.append(sum((parse_quantity(limit) or 0) for limit in limits))
+        if self.node_allocatable and self.node_allocatable.get("memory") is not None:
+            candidates.append(parse_quantity(self.node_allocatable["memory"]))
+        sizes = [int(size) for size in candidates if size]
+        return min(sizes) if sizes else None
 
     async def _payload(self, pod: Obj, volume: Obj, source: str, spec: Obj
                        ) -> dict[str, FileProjection]:
@@ -568,18 +585,43 @@ class VolumeManager:
         """Unmounts and removes the pod's volumes (works from what is on disk, so also
         for pods the kubelet learnt of only after a restart). hostPath volumes are the
         host's and stay."""
-        volumes_dir = self.volumes_dir(pod_uid)
-        for point in mounts_under(self.pod_dir(pod_uid)):
-            await unmount(point)
-        left = mounts_under(self.pod_dir(pod_uid))
-        if left:
-            # Never delete through a mount that is still there.
-            raise VolumeError(f"volumes of pod {pod_uid} are still mounted: {left}")
-        if os.path.isdir(volumes_dir):
-            shutil.rmtree(volumes_dir)
-        self._tokens = {key: token for key, token in self._tokens.items()
-                        if key[0] != pod_uid}
-        self._locks.pop(pod_uid, None)
+        lock = self._locks.setdefault(pod_uid, asyncio.Lock())
+        async with lock:        # not while a setup or refresh of the pod runs
+            volumes_dir = self.volumes_dir(pod_uid)
+            for point in mounts_under(self.pod_dir(pod_uid)):
+                await unmount(point)
+            left = mounts_under(self.pod_dir(pod_uid))
+            if left:
+                # Never delete through a mount that is still there.
+                raise VolumeError(f"volumes of pod {pod_uid} are still mounted: {left}")
+            if os.path.isdir(volumes_dir):
+                shutil.rmtree(volumes_dir)
+            self._tokens = {key: token for key, token in self._tokens.items()
+                            if key[0] != pod_uid}
+        if self._locks.get(pod_uid) is lock and not lock.locked():
+            del self._locks[pod_uid]
+
+
+def _fs_group(pod: Obj) -> int | None:
+    group = ((pod.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+    return group if isinstance(group, int) and not isinstance(group, bool) else None
+
+
+def set_ownership(path: str, fs_group: int, read_only: bool) -> None:
+    """The pod's fsGroup owns the volume's contents, as upstream's SetVolumeOwnership:
+    group-readable (and writable unless the volume is read-only), directories setgid so
+    new files inherit the group. Symlinks are not followed."""
+    mask = 0o440 if read_only else 0o660
+    entries = [path]
+    for parent, dirs, files in os.walk(path):       # symlinked dirs are not entered
+        entries += [os.path.join(parent, name) for name in dirs + files]
+    for entry in entries:
+        info = os.lstat(entry)
+        if stat.S_ISLNK(info.st_mode):
+            continue
+        os.chown(entry, -1, fs_group)
+        extra = mask | (stat.S_ISGID | 0o110 if stat.S_ISDIR(info.st_mode) else 0)
+        os.chmod(entry, stat.S_IMODE(info.st_mode) | extra)
 
 
 def _sub_path(volume_path: str, sub_path: str) -> str:

@@ -197,6 +197,36 @@ def test_empty_dir_plain_and_memory(root):
     assert not os.path.exists(os.path.join(root, "pods", UID, "volumes"))
 
 
+def test_memory_empty_dir_sized_by_pod_limit_or_allocatable(root):
+    manager = VolumeManager(FakeClient(), root, "node-a", node_allocatable={"memory": "1Gi"})
+    pod = make_pod([{"name": "fast", "emptyDir": {"medium": "Memory"}}], [
+        {"name": "a", "resources": {"limits": {"memory": "16Mi"}}},
+        {"name": "b", "resources": {"limits": {"memory": "4Mi"}}}])
+    path = run(manager.setup(pod))["fast"]
+    fs = os.statvfs(path)
+    assert fs.f_blocks * fs.f_frsize == 20 * 1024 * 1024     # the pod's limits together
+    run(manager.teardown(UID))
+    pod["spec"]["containers"][1]["resources"] = {}           # no pod limit: allocatable
+    path = run(manager.setup(pod))["fast"]
+    fs = os.statvfs(path)
+    assert fs.f_blocks * fs.f_frsize == 1024 ** 3
+    run(manager.teardown(UID))
+
+
+def test_fs_group_owns_volume_contents(root):
+    client = FakeClient(configmap("cfg", {"a": "1"}, namespace="shop"))
+    manager = VolumeManager(client, root, "node-a")
+    pod = make_pod([{"name": "scratch", "emptyDir": {}},
+                    {"name": "cfg", "configMap": {"name": "cfg", "defaultMode": 0o400}}],
+                   securityContext={"fsGroup": 2345})
+    paths = run(manager.setup(pod))
+    scratch = os.stat(paths["scratch"])
+    assert scratch.st_gid == 2345 and scratch.st_mode & stat.S_ISGID
+    config_file = os.stat(os.path.join(paths["cfg"], "a"))
+    assert config_file.st_gid == 2345 and stat.S_IMODE(config_file.st_mode) == 0o440
+    run(manager.teardown(UID))
+
+
 # --- downwardAPI ----------------------------------------------------------------------
 
 def test_downward_api_volume(root):
