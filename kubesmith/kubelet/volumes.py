@@ -365,18 +365,24 @@ class VolumeManager:
         lock = self._locks.setdefault(uid, asyncio.Lock())
         async with lock:
             paths = {}
+            first_error: VolumeError | None = None
             for volume in (pod.get("spec") or {}).get("volumes") or []:
                 name = volume.get("name") or ""
                 try:
                     path = await self._sync_volume(pod, volume, initial)
-                except VolumeError as err:
-                    raise VolumeError(f'MountVolume.SetUp failed for volume "{name}" : '
-                                      f"{err}") from None
-                except OSError as err:
-                    raise VolumeError(f'MountVolume.SetUp failed for volume "{name}" : '
-                                      f"{err}") from None
+                except (VolumeError, OSError) as err:
+                    error = VolumeError(f'MountVolume.SetUp failed for volume "{name}" : '
+                                        f"{err}")
+                    if initial:
+                        raise error from None
+                    # A refresh goes on with the other volumes; this one keeps its
+                    # current contents.
+                    first_error = first_error or error
+                    continue
                 if path is not None:
                     paths[name] = path
+            if first_error is not None:
+                raise first_error
             return paths
 
     async def _sync_volume(self, pod: Obj, volume: Obj, initial: bool) -> str | None:

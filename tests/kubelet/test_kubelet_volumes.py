@@ -129,6 +129,22 @@ def test_configmap_volume_files_items_modes_and_refresh(root):
     assert not os.path.exists(os.path.join(root, "pods", UID, "volumes"))
 
 
+def test_refresh_keeps_contents_of_a_vanished_configmap(root):
+    client = FakeClient(configmap("one", {"k": "1"}, namespace="shop"),
+                        configmap("two", {"k": "2"}, namespace="shop"))
+    manager = VolumeManager(client, root, "node-a")
+    pod = make_pod([{"name": "one", "configMap": {"name": "one"}},
+                    {"name": "two", "configMap": {"name": "two"}}])
+    paths = run(manager.setup(pod))
+    client.delete("configmaps", "shop", "one")
+    client.put(configmap("two", {"k": "2b"}, namespace="shop"))
+    with pytest.raises(VolumeError, match='volume "one" : configmap "one" not found'):
+        run(manager.refresh(pod))
+    assert read(os.path.join(paths["one"], "k")) == "1"       # kept
+    assert read(os.path.join(paths["two"], "k")) == "2b"      # the others still refreshed
+    run(manager.teardown(UID))
+
+
 def test_missing_configmap_and_secret(root):
     client = FakeClient(configmap("cfg", {"a": "1"}, namespace="shop"))
     manager = VolumeManager(client, root, "node-a")
