@@ -54,11 +54,11 @@ class RuntimeError_(Exception):
     The trailing underscore keeps it apart from Python's builtin RuntimeError.
     """
 
-    def __init__(self, method: str, code: grpc.StatusCode, detail: str):
+    def __init__(self, method: str, code: grpc.StatusCode | None, detail: str):
         self.method = method
         self.code = code
         self.detail = detail
-        super().__init__(f"{method}: {code.name}: {detail}")
+        super().__init__(f"{method}: {getattr(code, 'name', code)}: {detail}")
 
     @property
     def timed_out(self) -> bool:
