@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import ssl
 import time
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -514,4 +516,163 @@ def test_pods_list(pki, tmp_path):
         listed = json.loads(text)
         assert listed["kind"] == "PodList"
         assert [p["metadata"]["name"] for p in listed["items"]] == ["web"]
+    run(pki, tmp_path, body)
+
+
+# --- real: a throwaway containerd behind the server -------------------------------------
+
+def _containerd_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr"):
+        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            return f"needs {tool} (Debian's containerd and runc)"
+    if not os.path.exists("/bin/busybox"):
+        return "needs /bin/busybox (busybox-static)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory):
+    """A throwaway containerd with the locally built pause and busybox images."""
+    reason = _containerd_missing()
+    if reason:
+        pytest.skip(reason)
+    from kubesmith.cri.testing import import_image, start_containerd
+    from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images
+    images = build_images(tmp_path_factory.mktemp("images"))
+    with start_containerd(tmp_path_factory.mktemp("containerd")) as running:
+        for ref in (PAUSE_IMAGE, BUSYBOX_IMAGE):
+            import_image(running, images[ref])
+        yield running
+
+
+class RealPod:
+    """A host-network sandbox with one busybox container, labelled as the kubelet
+    labels them; stopped and removed on leaving (also on failure)."""
+
+    def __init__(self, runtime, cgroup_parent: str, log_dir, script: str, name="web"):
+        self.runtime = runtime
+        self.labels = {"io.kubernetes.pod.name": name,
+                       "io.kubernetes.pod.namespace": "default",
+                       "io.kubernetes.pod.uid": UID}
+        options = api.NamespaceOption(network=api.NODE, pid=api.POD, ipc=api.POD)
+        self.config = api.PodSandboxConfig(
+            metadata=api.PodSandboxMetadata(name=name, uid=UID, namespace="default"),
+            log_directory=str(log_dir / f"default_{name}_{UID}"), labels=self.labels,
+            linux=api.LinuxPodSandboxConfig(
+                cgroup_parent=cgroup_parent,
+                security_context=api.LinuxSandboxSecurityContext(namespace_options=options)))
+        self.script = script
+        self.sandbox_id = ""
+        self.container_id = ""
+
+    async def __aenter__(self) -> "RealPod":
+        from provision.images import BUSYBOX_IMAGE
+        self.sandbox_id = await self.runtime.run_pod_sandbox(self.config)
+        container = api.ContainerConfig(
+            metadata=api.ContainerMetadata(name="app"),
+            image=api.ImageSpec(image=BUSYBOX_IMAGE),
+            command=["sh", "-c", f"trap 'exit 0' TERM; {self.script}"],
+            labels=dict(self.labels, **{"io.kubernetes.container.name": "app"}),
+            annotations={"io.kubernetes.container.restartCount": "0"},
+            log_path="app/0.log",
+            linux=api.LinuxContainerConfig(security_context=api.LinuxContainerSecurityContext(
+                namespace_options=api.NamespaceOption(network=api.NODE, pid=api.CONTAINER,
+                                                      ipc=api.POD))))
+        self.container_id = await self.runtime.create_container(self.sandbox_id, container,
+                                                                self.config)
+        await self.runtime.start_container(self.container_id)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.runtime.stop_pod_sandbox(self.sandbox_id)
+        await self.runtime.remove_pod_sandbox(self.sandbox_id)
+
+
+async def wait_until(predicate, timeout: float = 10.0):
+    give_up = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > give_up:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def exec_frames(session, url: str, send: list[bytes] = ()) -> tuple[str, dict[int, bytes]]:
+    """Runs one exec over WebSocket v5; (protocol, channel -> bytes received)."""
+    received: dict[int, bytes] = {}
+    async with session.ws_connect(url, protocols=["v5.channel.k8s.io", "v4.channel.k8s.io"],
+                                  timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
+        for frame in send:
+            await ws.send_bytes(frame)
+        while True:
+            message = await ws.receive(timeout=10)
+            if message.type != WSMsgType.BINARY:
+                break
+            if message.data:
+                received[message.data[0]] = received.get(message.data[0], b"") + \
+                    message.data[1:]
+        return ws.protocol, received
+
+
+def test_real_containerd_logs_exec_and_rotation(pki, tmp_path, containerd):
+    async def body(k: Kubelet):
+        k.api.allowed.update({("admin", "get", "proxy"), ("admin", "get", "stats")})
+        k.add_pod()
+        script = ("for i in 1 2 3; do echo line $i; done; sleep 0.3; echo to stderr >&2; "
+                  "while :; do sleep 1; done")
+        async with containerd.client() as runtime:
+            k.server.runtime = runtime
+            k.server.stats.runtime = runtime
+            async with RealPod(runtime, containerd.cgroup_parent(), tmp_path, script) as pod:
+                base = k.base + "/containerLogs/default/web/app"
+                async with k.session() as s:
+                    async def logged() -> bool:
+                        status, text = await get(s, base)
+                        return status == 200 and "to stderr" in text
+                    await wait_until(logged)
+                    assert await get(s, base + "?stream=Stdout") == (
+                        200, "line 1\nline 2\nline 3\n")
+                    assert await get(s, base + "?tailLines=1") == (200, "to stderr\n")
+                    assert (await get(s, base + "?previous=true"))[0] == 400
+
+                    exec_url = k.base + "/exec/default/web/app?" + urlencode(
+                        [("stdout", "1"), ("stderr", "1")] + [("command", c) for c in (
+                            "sh", "-c", "echo out; echo err >&2; exit 3")])
+                    protocol, frames = await exec_frames(s, exec_url)
+                    assert protocol == "v5.channel.k8s.io"
+                    assert (frames.get(1), frames.get(2)) == (b"out\n", b"err\n")
+                    status = json.loads(frames[3])
+                    assert status["status"] == "Failure"
+                    assert status["reason"] == "NonZeroExitCode"
+                    assert status["details"]["causes"] == [{"reason": "ExitCode",
+                                                            "message": "3"}]
+                    # stdin reaches the command (head ends after one line, no EOF needed).
+                    stdin_url = (k.base + "/exec/default/web/app?stdin=1&stdout=1"
+                                 "&command=head&command=-n1")
+                    protocol, frames = await exec_frames(s, stdin_url, [b"\x00hello\n"])
+                    assert frames.get(1) == b"hello\n"
+                    assert json.loads(frames[3])["status"] == "Success"
+
+                    # Summary: the running container is counted.
+                    status, text = await get(s, k.base + "/stats/summary")
+                    assert status == 200, text
+                    [entry] = json.loads(text)["pods"]
+                    assert [c["name"] for c in entry["containers"]] == ["app"]
+                    assert entry["containers"][0]["memory"]["workingSetBytes"] > 0
+
+                    # Rotation: the log is renamed, containerd reopens it, and a
+                    # follower reads on into the new file.
+                    log_path = (await runtime.container_status(pod.container_id)).log_path
+                    async with s.get(base + "?follow=true") as follow:
+                        assert (await follow.content.readline()) in (b"line 1\n", b"to stderr\n")
+                        rotator = logs.LogRotator(runtime, max_size=1, max_files=2)
+                        assert await rotator.rotate_container(pod.container_id)
+                        assert len(logs.rotated_logs(log_path)) == 1
+                        await runtime.exec_sync(pod.container_id, [
+                            "sh", "-c", "echo after rotation > /proc/1/fd/1"], 5)
+                        seen = b""
+                        while b"after rotation" not in seen:
+                            seen += await asyncio.wait_for(follow.content.readline(), 10)
+                    assert "after rotation" in open(log_path).read()
     run(pki, tmp_path, body)
