@@ -8,7 +8,8 @@ out (see network.py for what each is and why).
     await agent.run()
 
 A sync runs after Node changes (coalesced, at most one per `min_interval`) and every
-`resync_period` anyway, which repairs routes or rules someone removed. The CNI file is
+`resync_period` anyway, which repairs routes or rules someone removed. Full syncs also keep
+net.ipv4.ip_forward and net.bridge.bridge-nf-call-iptables at 1. The CNI file is
 written once this node has a podCIDR (the controller manager's node IPAM assigns it);
 until then containerd has no network for pods, and the kubelet reports the runtime's
 network as not ready.
@@ -24,11 +25,14 @@ from typing import Any, Callable
 from kubesmith.podnetwork.network import (CONFLIST_NAME, Route, Routes, conflist_text,
                                           ensure_iptables, node_pod_cidr, plan_routes,
                                           write_if_changed)
-from kubesmith.proxy.iptables import CommandError, CommandRunner, Iptables, set_sysctl
+from kubesmith.proxy.iptables import (CommandError, CommandRunner, Iptables, get_sysctl,
+                                      set_sysctl)
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+
+BRIDGE_NF_CALL_IPTABLES = "net.bridge.bridge-nf-call-iptables"
 
 
 class PodNetworkAgent:
@@ -51,6 +55,7 @@ class PodNetworkAgent:
         self.healthy = False          # the last sync succeeded
         self.syncs = 0
         self._changed = asyncio.Event()
+        self._warned_bridge_nf = False
 
     @property
     def conflist_path(self) -> Path:
@@ -87,6 +92,17 @@ class PodNetworkAgent:
             # Forwarding between the bridge and the node's interfaces.
             if await set_sysctl(self.runner, "net.ipv4.ip_forward", "1"):
                 log.info("enabled net.ipv4.ip_forward")
+            # Replies between two pods on this bridge are bridged, not routed: without
+            # this, a reply from a Service's endpoint to a pod on the same node would
+            # skip conntrack and arrive un-DNATed (kubeadm requires it for that reason).
+            if await get_sysctl(self.runner, BRIDGE_NF_CALL_IPTABLES) is None:
+                if not self._warned_bridge_nf:
+                    log.warning("%s is missing (br_netfilter not loaded): a pod reaching a "
+                                "Service backed by a pod on the same node fails",
+                                BRIDGE_NF_CALL_IPTABLES)
+                    self._warned_bridge_nf = True
+            elif await set_sysctl(self.runner, BRIDGE_NF_CALL_IPTABLES, "1"):
+                log.info("enabled %s", BRIDGE_NF_CALL_IPTABLES)
             if self.cluster_cidrs:
                 await ensure_iptables(self.iptables, self.cluster_cidrs)
         own = next((n for n in nodes

@@ -104,6 +104,7 @@ async def test_agent_sync_plans_commands(tmp_path):
     await agent.sync()
     commands = runner.commands
     assert ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"] in commands
+    assert ["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"] in commands
     assert ["ip", "route", "replace", "10.244.2.0/24", "via", "192.168.50.2", "proto",
             "199"] in commands
     assert ["ip", "route", "del", "10.244.9.0/24", "proto", "199"] in commands
