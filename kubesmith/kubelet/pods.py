@@ -818,6 +818,12 @@ class PodWorkers:
         folder = cri_config.pod_dir(self.settings.root_dir, uid)
         if os.path.isdir(folder):
             shutil.rmtree(folder, ignore_errors=True)
+        # The pod's log folder (<namespace>_<name>_<uid>) goes with it.
+        if os.path.isdir(self.settings.log_root):
+            for name in os.listdir(self.settings.log_root):
+                if name.endswith(f"_{uid}"):
+                    shutil.rmtree(os.path.join(self.settings.log_root, name),
+                                  ignore_errors=True)
 
     async def _remove_old_containers(self, runtime: PodRuntime) -> None:
         """Of each container name, keep the running one and the newest exited one."""

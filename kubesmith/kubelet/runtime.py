@@ -90,6 +90,7 @@ class RuntimeSettings:
     memory_capacity: int = 0        # bytes, for burstable OOM scores
     pod_pids_limit: int = -1
     node_name: str = ""
+    log_root: str = HOST_LOG_ROOT
 
 
 # --- small helpers --------------------------------------------------------------------
@@ -106,9 +107,9 @@ def pod_dir(root_dir: str, uid: str) -> str:
     return os.path.join(root_dir, "pods", uid)
 
 
-def pod_log_directory(pod: Obj) -> str:
+def pod_log_directory(pod: Obj, log_root: str = HOST_LOG_ROOT) -> str:
     meta = _meta(pod)
-    return os.path.join(HOST_LOG_ROOT,
+    return os.path.join(log_root,
                         f"{meta.get('namespace', '')}_{meta.get('name', '')}_{meta.get('uid', '')}")
 
 
@@ -350,7 +351,7 @@ def sandbox_config(pod: Obj, settings: RuntimeSettings, attempt: int = 0
         metadata=api.PodSandboxMetadata(name=meta.get("name", ""), uid=meta.get("uid", ""),
                                         namespace=meta.get("namespace", ""),
                                         attempt=attempt),
-        log_directory=pod_log_directory(pod),
+        log_directory=pod_log_directory(pod, settings.log_root),
         dns_config=dns_config(pod, settings),
         port_mappings=port_mappings(pod),
         labels=pod_labels(pod),
