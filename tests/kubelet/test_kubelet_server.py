@@ -240,13 +240,13 @@ class Kubelet:
         return str(path)
 
 
-def run(pki, tmp_path, body):
+def run(pki, tmp_path, body, timeout: float = 30):
     """Starts a kubelet server, runs `body(kubelet)`, stops it (also on failure)."""
     async def main():
         kubelet = Kubelet(pki, tmp_path)
         await kubelet.server.start()
         try:
-            return await asyncio.wait_for(body(kubelet), 30)
+            return await asyncio.wait_for(body(kubelet), timeout)
         finally:
             await kubelet.server.stop()
     return asyncio.run(main())
@@ -551,15 +551,16 @@ class RealPod:
     """A host-network sandbox with one busybox container, labelled as the kubelet
     labels them; stopped and removed on leaving (also on failure)."""
 
-    def __init__(self, runtime, cgroup_parent: str, log_dir, script: str, name="web"):
+    def __init__(self, runtime, cgroup_parent: str, log_dir, script: str, name="web",
+                 namespace="default", uid=UID):
         self.runtime = runtime
         self.labels = {"io.kubernetes.pod.name": name,
-                       "io.kubernetes.pod.namespace": "default",
-                       "io.kubernetes.pod.uid": UID}
+                       "io.kubernetes.pod.namespace": namespace,
+                       "io.kubernetes.pod.uid": uid}
         options = api.NamespaceOption(network=api.NODE, pid=api.POD, ipc=api.POD)
         self.config = api.PodSandboxConfig(
-            metadata=api.PodSandboxMetadata(name=name, uid=UID, namespace="default"),
-            log_directory=str(log_dir / f"default_{name}_{UID}"), labels=self.labels,
+            metadata=api.PodSandboxMetadata(name=name, uid=uid, namespace=namespace),
+            log_directory=str(log_dir / f"{namespace}_{name}_{uid}"), labels=self.labels,
             linux=api.LinuxPodSandboxConfig(
                 cgroup_parent=cgroup_parent,
                 security_context=api.LinuxSandboxSecurityContext(namespace_options=options)))
@@ -676,3 +677,115 @@ def test_real_containerd_logs_exec_and_rotation(pki, tmp_path, containerd):
                             seen += await asyncio.wait_for(follow.content.readline(), 10)
                     assert "after rotation" in open(log_path).read()
     run(pki, tmp_path, body)
+
+
+# --- real: the API server and kubectl in front, containerd behind ----------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    from kubesmith.store.testing import etcd_available
+    if not etcd_available():
+        pytest.skip("needs /usr/bin/etcd (etcd-server)")
+    from tests.apiserver.harness import Cluster
+    with Cluster() as running:
+        yield running
+
+
+def node_kubeconfig(cluster, node: str) -> str:
+    """A kubeconfig with the node's identity (system:node:<node> in system:nodes)."""
+    cert, key = cluster.client_cert(f"system:node:{node}", "system:nodes")
+    path = cluster.base / f"kubelet-{node}.conf"
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "node",
+        "clusters": [{"name": "c", "cluster": {
+            "server": cluster.url, "certificate-authority": str(cluster.pki / "ca.crt")}}],
+        "users": [{"name": "u", "user": {"client-certificate": cert, "client-key": key}}],
+        "contexts": [{"name": "node", "context": {"cluster": "c", "user": "u"}}]}))
+    return str(path)
+
+
+async def kubectl(cluster, *args: str, binary: str = "kubectl", timeout: float = 20,
+                  stdin: bytes | None = None) -> tuple[int, str, str]:
+    """kubectl run without blocking the event loop the kubelet server serves from."""
+    env = dict(os.environ, HOME=str(cluster.home), KUBECONFIG=str(cluster.kubeconfig))
+    process = await asyncio.create_subprocess_exec(
+        binary, *args, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    return process.returncode, out.decode(), err.decode()
+
+
+def test_real_through_the_api_server_with_kubectl(pki, tmp_path, containerd, cluster):
+    """kubectl logs and exec go API server -> this server (authorized by a real
+    SubjectAccessReview for the API server's kubelet-client certificate) -> containerd."""
+    from kubesmith.client.rest import ApiClient
+    from tests.e2e.kubectl_versions import kubectl_builds
+    namespace = cluster.new_namespace("kubelet-server-", default_service_account=True)
+    node = NODE
+
+    async def body(k: Kubelet):
+        admin = ApiClient.from_kubeconfig(cluster.kubeconfig, component="test")
+        k.server.client = ApiClient.from_kubeconfig(node_kubeconfig(cluster, node),
+                                                    component="kubelet")
+        k.server.client_ca_file = str(cluster.pki / "ca.crt")
+        await k.server.stop()
+        await k.server.start()        # again, now trusting the cluster CA
+        try:
+            await admin.create("v1 nodes", {"apiVersion": "v1", "kind": "Node",
+                                            "metadata": {"name": node}})
+            await admin.patch("v1 nodes", node, {"status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": k.server.bound_port}}}},
+                subresource="status", patch_type="merge")
+            created = await admin.create("v1 pods", {
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
+                "spec": {"nodeName": node, "containers": [
+                    {"name": "app", "image": "kubesmith.local/busybox:latest"}]}}, namespace)
+            uid = created["metadata"]["uid"]
+            k.pods[(namespace, "web")] = created
+            script = "echo hello from the pod; while :; do sleep 1; done"
+            async with containerd.client() as runtime:
+                k.server.runtime = runtime
+                async with RealPod(runtime, containerd.cgroup_parent(), tmp_path, script,
+                                   namespace=namespace, uid=uid):
+                    async def logged() -> bool:
+                        code, out, _ = await kubectl(cluster, "logs", "-n", namespace, "web")
+                        return code == 0 and out == "hello from the pod\n"
+                    await wait_until(logged)
+                    builds = kubectl_builds()
+                    for version, binary in sorted(builds.items()):
+                        code, out, err = await kubectl(cluster, "logs", "-n", namespace,
+                                                       "web", "--tail=1", binary=binary)
+                        assert (code, out) == (0, "hello from the pod\n"), (version, err)
+                    websocket = {v: b for v, b in builds.items() if v != "default"
+                                 and tuple(map(int, v.split("."))) >= (1, 30)}
+                    for version, binary in sorted(websocket.items()):
+                        code, out, err = await kubectl(cluster, "exec", "-n", namespace,
+                                                       "web", "--", "echo", "hi",
+                                                       binary=binary)
+                        assert (code, out) == (0, "hi\n"), (version, err)
+                    if websocket:
+                        newest = websocket[max(websocket, key=lambda v: tuple(
+                            map(int, v.split("."))))]
+                        code, out, err = await kubectl(cluster, "exec", "-n", namespace,
+                                                       "web", "--", "sh", "-c", "exit 7",
+                                                       binary=newest)
+                        assert code == 7, (out, err)
+            # A service account's token: authenticated by TokenReview, then denied.
+            token = (await admin.create("v1 serviceaccounts", {
+                "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {}}, namespace, name="default", subresource="token"))["status"]["token"]
+            async with k.session(cn=None, token=token) as s:
+                assert await get(s, k.base + "/healthz") == (
+                    403, f"Forbidden (user=system:serviceaccount:{namespace}:default, "
+                         "verb=get, resource=nodes, subresource(s)=[healthz proxy])")
+        finally:
+            await admin.delete("v1 nodes", node)
+            await admin.close()
+            await k.server.client.close()
+    run(pki, tmp_path, body, timeout=120)
