@@ -78,6 +78,10 @@ class PodNetworkAgent:
             try:
                 await self.sync(full=full)
                 self.healthy = True
+            except CommandError as exc:
+                # e.g. a node whose InternalIP is not on any link of this one
+                log.error("pod network sync failed: %s", exc)
+                self.healthy = False
             except Exception:
                 log.exception("pod network sync failed")
                 self.healthy = False
