@@ -84,8 +84,9 @@ def _target(endpoint: str) -> str:
 class RuntimeClient:
     """The kubelet's connection to the container runtime and image service.
 
-    The gRPC channel is opened on first use (inside the running event loop) and
-    reconnects by itself when the runtime restarts; ``close()`` releases it.
+    The gRPC channel is opened on first use (inside the running event loop, so a
+    client belongs to that loop) and reconnects by itself when the runtime
+    restarts; ``close()`` releases it.
     """
 
     def __init__(self, endpoint: str = DEFAULT_ENDPOINT, timeout: float = 120.0):
