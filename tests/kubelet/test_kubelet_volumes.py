@@ -563,3 +563,116 @@ def test_real_api_server_node_identity_volumes_and_env(api_cluster, root):
                 await manager.teardown(pod["metadata"]["uid"])
                 await manager.teardown("another-uid")
     run(main())
+
+
+# --- real: a throwaway containerd runs a container with the volumes -------------------
+
+@pytest.fixture(scope="module")
+def containerd(tmp_path_factory):
+    """A throwaway containerd (kubesmith.cri.testing) with the locally built pause and
+    busybox images; stopped with everything it started when the module ends."""
+    import shutil
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr"):
+        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            pytest.skip(f"needs {tool} (Debian's containerd and runc)")
+    if not os.path.exists("/bin/busybox"):
+        pytest.skip("needs /bin/busybox (busybox-static)")
+    from kubesmith.cri.testing import import_image, start_containerd
+    from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images
+    images = build_images(tmp_path_factory.mktemp("images"))
+    with start_containerd(tmp_path_factory.mktemp("containerd")) as running:
+        for ref in (PAUSE_IMAGE, BUSYBOX_IMAGE):
+            import_image(running, images[ref])
+        yield running
+
+
+def test_real_containerd_container_sees_volumes_and_runs_exec_probes(containerd, root,
+                                                                     tmp_path):
+    """The CRI mounts made here work in a real container: config read-only and updated
+    in place through ..data, the secret on tmpfs, emptyDir writable, subPath; and exec
+    probes run in the container through the real runtime."""
+    import time as time_module
+
+    from kubesmith.kubelet.probes import ProbeManager
+    from provision.images import BUSYBOX_IMAGE
+
+    client = FakeClient(configmap("cfg", {"app.conf": "x=1"}, namespace="shop"),
+                        secret("creds", {"password": b"hunter2"}, namespace="shop"))
+    manager = VolumeManager(client, root, "node-a")
+    container = {"name": "app", "volumeMounts": [
+        {"name": "cfg", "mountPath": "/etc/cfg"},
+        {"name": "creds", "mountPath": "/secrets"},
+        {"name": "scratch", "mountPath": "/scratch"},
+        {"name": "scratch", "mountPath": "/logs", "subPath": "logs/web-1"}],
+        "readinessProbe": {"exec": {"command": ["cat", "/scratch/healthy"]},
+                           "periodSeconds": 1, "timeoutSeconds": 5},
+        "livenessProbe": {"exec": {"command": ["sh", "-c", "echo sick; exit 1"]},
+                          "periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 1}}
+    pod = make_pod([{"name": "cfg", "configMap": {"name": "cfg"}},
+                    {"name": "creds", "secret": {"secretName": "creds"}},
+                    {"name": "scratch", "emptyDir": {}}], [container])
+    labels = {"io.kubernetes.pod.name": "web-1", "io.kubernetes.pod.namespace": "shop",
+              "io.kubernetes.pod.uid": UID}
+    no_network = api.NamespaceOption(network=api.NODE, pid=api.POD, ipc=api.POD)
+    sandbox = api.PodSandboxConfig(
+        metadata=api.PodSandboxMetadata(name="web-1", uid=UID, namespace="shop"),
+        log_directory=str(tmp_path / "logs"), labels=labels,
+        linux=api.LinuxPodSandboxConfig(
+            cgroup_parent=containerd.cgroup_parent(),
+            security_context=api.LinuxSandboxSecurityContext(namespace_options=no_network)))
+
+    async def main():
+        paths = await manager.setup(pod)
+        runtime = containerd.client()
+        probes = ProbeManager(runtime, lambda uid: None, time_scale=0.05)
+        sandbox_id = await runtime.run_pod_sandbox(sandbox)
+        try:
+            config = api.ContainerConfig(
+                metadata=api.ContainerMetadata(name="app"),
+                image=api.ImageSpec(image=BUSYBOX_IMAGE),
+                command=["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+                labels=dict(labels, **{"io.kubernetes.container.name": "app"}),
+                log_path="app/0.log",
+                mounts=manager.mounts(pod, container, paths),
+                linux=api.LinuxContainerConfig(
+                    security_context=api.LinuxContainerSecurityContext(
+                        namespace_options=no_network)))
+            container_id = await runtime.create_container(sandbox_id, config, sandbox)
+            await runtime.start_container(container_id)
+
+            async def sh(script):
+                code, out, err = await runtime.exec_sync(container_id, ["sh", "-c", script], 10)
+                return code, (out + err).decode()
+            assert await sh("cat /etc/cfg/app.conf") == (0, "x=1")
+            code, output = await sh("echo no > /etc/cfg/new")
+            assert code != 0 and "Read-only file system" in output
+            assert await sh("cat /secrets/password") == (0, "hunter2")
+            assert (await sh("grep ' /secrets ' /proc/mounts"))[1].startswith("tmpfs")
+            assert (await sh("echo kept > /logs/out && cat /scratch/logs/web-1/out")) == \
+                (0, "kept\n")
+            # An update reaches the running container through the ..data swap.
+            client.put(configmap("cfg", {"app.conf": "x=2"}, namespace="shop"))
+            await manager.refresh(pod)
+            assert await sh("cat /etc/cfg/app.conf") == (0, "x=2")
+
+            probes.update(pod, "", {"app": (container_id, time_module.monotonic())})
+            give_up = time_module.monotonic() + 10
+            while probes.liveness_failed(UID, "app") is None:
+                assert time_module.monotonic() < give_up
+                await asyncio.sleep(0.02)
+            assert probes.liveness_failed(UID, "app") == "Liveness probe failed: sick\n"
+            assert not probes.ready(UID, "app")
+            with open(os.path.join(paths["scratch"], "healthy"), "w") as handle:
+                handle.write("yes")
+            while not probes.ready(UID, "app"):
+                assert time_module.monotonic() < give_up
+                await asyncio.sleep(0.02)
+        finally:
+            await probes.close()
+            await runtime.stop_pod_sandbox(sandbox_id)
+            await runtime.remove_pod_sandbox(sandbox_id)
+            await runtime.close()
+            await manager.teardown(UID)
+    run(main())
