@@ -11,7 +11,9 @@ runs, removed after it is gone.
 A volume lives at `<root>/pods/<uid>/volumes/kubernetes.io~<plugin>/<name>`, plugins
 named as upstream's (empty-dir, configmap, secret, downward-api, projected); a hostPath
 volume is used in place. Secret and projected volumes sit on their own tmpfs (never on
-disk), as does an emptyDir with medium Memory (size from sizeLimit).
+disk), as does an emptyDir with medium Memory (sized by its sizeLimit, the pod's memory
+limit or the node's allocatable memory, the smallest known). With the pod's fsGroup set,
+that group owns the volumes' contents.
 
 Files of configMap, secret, downwardAPI and projected volumes are written the way
 upstream's AtomicWriter does, so a reader never sees half an update:
@@ -335,7 +337,7 @@ class VolumeManager:
         self.node_allocatable = node_allocatable
         self._tokens: dict[tuple[str, str, int], _Token] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self.clock = time.time
+        self.clock = time.time      # wall clock of token lifetimes (tests move it)
 
     # --- paths ------------------------------------------------------------------------
 
