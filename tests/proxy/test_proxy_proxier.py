@@ -15,7 +15,7 @@ from kubesmith.proxy.main import health_app, main as proxy_main, metrics_app
 from kubesmith.proxy.metrics import ProxyHealth, ProxyMetrics
 from kubesmith.proxy.proxier import Proxier, node_port_ips
 from kubesmith.proxy.rules import RuleOptions
-from tests.proxy.test_proxy_rules import endpoint, sep, service, slice_
+from tests.proxy.test_proxy_rules import endpoint, service, slice_
 
 
 class RecordingRunner(CommandRunner):
@@ -141,27 +141,28 @@ async def test_udp_conntrack_cleanup():
 async def test_run_syncs_at_once_then_paced_by_min_sync_period():
     state = {"services": [service()], "slices": []}
     health = ProxyHealth(timeout=60)
-    proxier, runner = make_proxier(state, sync_period=30.0, min_sync_period=0.3,
+    proxier, runner = make_proxier(state, sync_period=30.0, min_sync_period=0.5,
                                    health=health)
+
+    async def until(check, timeout=5.0):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not check():
+            assert asyncio.get_running_loop().time() < deadline, "timed out"
+            await asyncio.sleep(0.01)
+
     task = asyncio.create_task(proxier.run())
     try:
-        for _ in range(100):
-            if proxier.writes:
-                break
-            await asyncio.sleep(0.01)
-        assert proxier.writes == 1 and health.is_healthy()
+        await until(lambda: proxier.writes == 1)
+        first = proxier._last_sync
+        assert health.is_healthy() and health.oldest_pending is None
         state["slices"] = [slice_("web", "default", endpoint("10.244.1.5"))]
         for _ in range(5):                # a burst of events: one sync
             proxier.endpoints_changed()
         assert health.oldest_pending is not None
-        await asyncio.sleep(0.15)
-        assert proxier.writes == 1        # not before min_sync_period
-        for _ in range(100):
-            if proxier.writes == 2:
-                break
-            await asyncio.sleep(0.02)
-        assert proxier.writes == 2 and proxier.syncs == 2
-        assert health.oldest_pending is None
+        await until(lambda: proxier.writes == 2)
+        # Not before min_sync_period after the previous one, and the burst made one.
+        assert proxier._last_sync - first >= 0.5
+        assert proxier.syncs == 2 and health.oldest_pending is None
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -136,11 +136,10 @@ def test_traffic_to_cluster_ip_and_node_port(tmp_path):
                             "http://10.244.1.1:30080/who", "4").stdout.split()
             assert len(answers) == 4 and set(answers) <= {"server-a", "server-b"}
 
-            started = time.monotonic()
+            # REJECT, not a silent drop: the client is refused instead of timing out.
             refused = in_ns(client, sys.executable, "-c", HTTP_CLIENT,
                             "http://10.96.0.30/who", "1", check=False)
             assert refused.returncode != 0 and "refused" in refused.stderr.lower()
-            assert time.monotonic() - started < 2.5
         finally:
             for process in servers:
                 process.terminate()
