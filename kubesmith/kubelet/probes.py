@@ -288,23 +288,29 @@ class ProbeManager:
     async def _probe(self, uid: str, state: _ContainerState, kind: str, spec: Obj
                      ) -> ProbeResult:
         timeout = self._seconds(spec.get("timeoutSeconds"), 1)
-        host_default = self._pod_ips.get(uid, "")
         if spec.get("exec") is not None:
             return await self._exec(state, spec["exec"].get("command") or [], timeout)
         if spec.get("httpGet") is not None:
             action = spec["httpGet"]
             port = resolve_port(action.get("port"), state.container)
-            return await self._http(action, action.get("host") or host_default, port,
-                                    timeout)
+            return await self._http(action, self._host(uid, action), port, timeout)
         if spec.get("tcpSocket") is not None:
             action = spec["tcpSocket"]
             port = resolve_port(action.get("port"), state.container)
-            return await tcp_probe(action.get("host") or host_default, port, timeout)
+            return await tcp_probe(self._host(uid, action), port, timeout)
         if spec.get("grpc") is not None:
             action = spec["grpc"]
-            return await grpc_probe(host_default, int(action.get("port") or 0),
+            return await grpc_probe(self._host(uid, {}), int(action.get("port") or 0),
                                     action.get("service") or "", timeout)
         raise ProbeError("the probe names no action")
+
+    def _host(self, uid: str, action: Obj) -> str:
+        """Where a network probe goes: its `host`, else the pod's IP (the node's for a
+        host-network pod, as the kubelet passes it)."""
+        host = action.get("host") or self._pod_ips.get(uid, "")
+        if not host:
+            raise ProbeError("the pod has no IP yet")    # not counted as a failure
+        return host
 
     async def _exec(self, state: _ContainerState, command: list[str], timeout: float
                     ) -> ProbeResult:

@@ -427,3 +427,21 @@ def test_resolve_port_errors(port):
     from kubesmith.kubelet.probes import ProbeError, resolve_port
     with pytest.raises(ProbeError):
         resolve_port(port, {"name": "c", "ports": [{"name": "http", "containerPort": 80}]})
+
+
+def test_network_probes_wait_for_a_pod_ip():
+    async def main():
+        manager = ProbeManager(FakeRuntime(lambda *_: (0, b"", b"")), Changes(),
+                               time_scale=SCALE)
+        try:
+            container = {"name": "app",
+                         "livenessProbe": probe({"tcpSocket": {"port": 80}},
+                                                failureThreshold=1),
+                         "readinessProbe": probe({"httpGet": {"port": 80}})}
+            manager.update(pod_with(container), "", {"app": ("c1", time.monotonic())})
+            await asyncio.sleep(0.1)
+            assert manager.liveness_failed(UID, "app") is None    # not a failure
+            assert not manager.ready(UID, "app")
+        finally:
+            await manager.close()
+    run(main())
