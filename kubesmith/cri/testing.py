@@ -13,7 +13,9 @@ driver, the sandbox image ``kubesmith.local/pause:latest`` (import it before
 running a sandbox), the streaming server on 127.0.0.1 at a free port and the CNI
 plugins of /usr/lib/cni. It shares nothing with another containerd on the
 machine except /run/containerd/s, where every shim puts its socket under a name
-hashed from the containerd socket, so names never collide.
+hashed from the containerd socket, so names never collide, and, for sandboxes
+with a pod network, /var/lib/cni/results, where the CNI library caches each
+attachment until the sandbox is stopped.
 
 Pod networking is the caller's: put a CNI config in ``cni_conf_dir`` (give
 host-local IPAM its own ``dataDir`` under tmpdir, or it keeps its leases in the
