@@ -328,6 +328,9 @@ def kube_dns(settings: ClusterSettings, master: Machine) -> Component:
             ("--bind-address", master.address),
             ("--node-name", master.name),
             ("--upstream-resolv-conf", "/etc/resolv.conf"),
+            # Reverse names of Service and pod addresses are the cluster's own: never
+            # forwarded to the host's resolvers.
+            ("--reverse-cidrs", f"{settings.service_cidr},{settings.pod_cidr}"),
         ),
         environment=NODE_ENVIRONMENT,
         files=(KUBE_DNS_KUBECONFIG,),
