@@ -18,10 +18,10 @@ from kubesmith.podnetwork.agent import PodNetworkAgent
 from kubesmith.proxy.iptables import CommandRunner, Conntrack, Iptables
 from kubesmith.proxy.proxier import Proxier
 from kubesmith.proxy.rules import RuleOptions
-from tests.podnetwork.test_podnetwork_units import node
-from tests.proxy.proxy_netns import in_ns, netns, require_root_networking
-from tests.proxy.test_proxy_real import HTTP_CLIENT, _wait_listening
-from tests.proxy.test_proxy_rules import endpoint, service, slice_
+from tests.podnetwork.podnetwork_objects import node
+from tests.proxy.proxy_netns import (HTTP_CLIENT, in_ns, netns, require_root_networking,
+                                     wait_listening)
+from tests.proxy.proxy_objects import endpoint, service, slice_
 
 CNI_BIN = Path("/usr/lib/cni")
 
@@ -84,7 +84,7 @@ def test_pods_on_one_node(tmp_path):
             servers.append(subprocess.Popen(
                 ["ip", "netns", "exec", pod_b, sys.executable, "-m", "http.server", "8080"],
                 cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            _wait_listening(pod_b, ip_b, 8080)
+            wait_listening(pod_b, ip_b, 8080)
 
             def fetch(url: str, ns: str = pod_a) -> list[str]:
                 return in_ns(ns, sys.executable, "-c", HTTP_CLIENT, url, "2").stdout.split()

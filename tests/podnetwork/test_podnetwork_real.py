@@ -10,7 +10,7 @@ import json
 from kubesmith.podnetwork.agent import PodNetworkAgent
 from kubesmith.podnetwork.network import remove_iptables
 from kubesmith.proxy.iptables import CommandRunner
-from tests.podnetwork.test_podnetwork_units import node
+from tests.podnetwork.podnetwork_objects import node
 from tests.proxy.proxy_netns import in_ns, netns, require_root_networking
 
 

@@ -11,17 +11,7 @@ from kubesmith.podnetwork.agent import PodNetworkAgent
 from kubesmith.podnetwork.network import (Route, conflist, iptables_rules, parse_routes,
                                           plan_routes, write_if_changed)
 from kubesmith.proxy.iptables import CommandRunner, Result
-
-
-def node(name, pod_cidr=None, internal_ip=None, *, external_ip=None):
-    addresses = []
-    if internal_ip:
-        addresses.append({"type": "InternalIP", "address": internal_ip})
-    if external_ip:
-        addresses.append({"type": "ExternalIP", "address": external_ip})
-    addresses.append({"type": "Hostname", "address": name})
-    spec = {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]} if pod_cidr else {}
-    return {"metadata": {"name": name}, "spec": spec, "status": {"addresses": addresses}}
+from tests.podnetwork.podnetwork_objects import node
 
 
 def test_conflist():

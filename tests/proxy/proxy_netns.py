@@ -7,6 +7,8 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
+import time
 import uuid
 
 import pytest
@@ -43,3 +45,24 @@ def netns(count: int = 1):
     finally:
         for name in made:
             sh("ip", "netns", "del", name, check=False)
+
+
+# A client for HTTP tests: GET <url> <count> times (new connection each), print bodies.
+HTTP_CLIENT = """
+import sys, urllib.request
+seen = []
+for _ in range(int(sys.argv[2])):
+    with urllib.request.urlopen(sys.argv[1], timeout=3) as response:
+        seen.append(response.read().decode().strip())
+print(" ".join(seen))
+"""
+
+
+def wait_listening(ns: str, ip: str, port: int, timeout: float = 10.0) -> None:
+    probe = (f"import socket; socket.create_connection(('{ip}', {port}), timeout=0.5)"
+             ".close()")
+    deadline = time.monotonic() + timeout
+    while in_ns(ns, sys.executable, "-c", probe, check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{ip}:{port} not listening after {timeout}s")
+        time.sleep(0.1)

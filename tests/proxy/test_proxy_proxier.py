@@ -15,7 +15,7 @@ from kubesmith.proxy.main import health_app, main as proxy_main, metrics_app
 from kubesmith.proxy.metrics import ProxyHealth, ProxyMetrics
 from kubesmith.proxy.proxier import Proxier, node_port_ips
 from kubesmith.proxy.rules import RuleOptions
-from tests.proxy.test_proxy_rules import endpoint, service, slice_
+from tests.proxy.proxy_objects import endpoint, service, slice_
 
 
 class RecordingRunner(CommandRunner):

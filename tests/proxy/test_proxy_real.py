@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 
 from kubesmith.proxy.iptables import CommandRunner, Conntrack, Iptables
 from kubesmith.proxy.proxier import Proxier
 from kubesmith.proxy.rules import RuleOptions
-from tests.proxy.proxy_netns import in_ns, netns, require_root_networking
-from tests.proxy.test_proxy_rules import endpoint, sep, service, slice_, svc_chain
+from tests.proxy.proxy_netns import (HTTP_CLIENT, in_ns, netns, require_root_networking,
+                                     wait_listening)
+from tests.proxy.proxy_objects import endpoint, sep, service, slice_, svc_chain
 
 
 def proxier_in(ns: str, state: dict, **options) -> Proxier:
@@ -73,26 +73,6 @@ def test_restore_in_a_network_namespace():
         assert not [line for line in nat_rules(ns) if "KUBE-" in line]
 
 
-HTTP_CLIENT = """
-import sys, urllib.request
-seen = []
-for _ in range(int(sys.argv[2])):
-    with urllib.request.urlopen(sys.argv[1], timeout=3) as response:
-        seen.append(response.read().decode().strip())
-print(" ".join(seen))
-"""
-
-
-def _wait_listening(ns: str, ip: str, port: int, timeout: float = 10.0) -> None:
-    probe = (f"import socket; socket.create_connection(('{ip}', {port}), timeout=0.5)"
-             ".close()")
-    deadline = time.monotonic() + timeout
-    while in_ns(ns, sys.executable, "-c", probe, check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{ip}:{port} not listening after {timeout}s")
-        time.sleep(0.1)
-
-
 def test_traffic_to_cluster_ip_and_node_port(tmp_path):
     require_root_networking()
     servers: list[subprocess.Popen] = []
@@ -118,8 +98,8 @@ def test_traffic_to_cluster_ip_and_node_port(tmp_path):
                     ["ip", "netns", "exec", server, sys.executable, "-m", "http.server",
                      "8080", "--bind", ip], cwd=folder, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL))
-            _wait_listening(server, "10.244.1.10", 8080)
-            _wait_listening(server, "10.244.1.11", 8080)
+            wait_listening(server, "10.244.1.10", 8080)
+            wait_listening(server, "10.244.1.11", 8080)
 
             web = service(type_="NodePort", ports=[{"name": "http", "port": 80,
                                                     "protocol": "TCP", "nodePort": 30080}])
