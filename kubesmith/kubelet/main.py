@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -33,8 +32,7 @@ from kubesmith.kubelet import runtime as cri_config
 from kubesmith.kubelet.config import ConfigError, KubeletOptions, parse_args
 from kubesmith.kubelet.node import NodeAgent, memory_capacity
 from kubesmith.kubelet.pods import PodWorkers, Relister, WorkerDeps
-from kubesmith.kubelet.static import (CONFIG_HASH, MirrorPods, StaticPodSource, config_hash,
-                                      is_mirror_pod)
+from kubesmith.kubelet.static import MirrorPods, StaticPodSource, config_hash, is_mirror_pod
 from kubesmith.kubelet.status import StatusManager
 
 log = logging.getLogger("kubesmith.kubelet")
@@ -340,11 +338,9 @@ class Kubelet:
         await self.status.stop()
         await self.node.stop()
         await self.informers.shutdown()
-        probes_stop = getattr(self.probes, "stop", None)
-        if probes_stop is not None:
-            result = probes_stop()
-            if asyncio.iscoroutine(result):
-                await result
+        close = getattr(self.probes, "close", None)
+        if close is not None:
+            await close()
         await self.recorder.flush()
 
 

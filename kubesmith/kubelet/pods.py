@@ -30,7 +30,6 @@ exits show in the status within about a second.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import os
 import shutil
@@ -702,7 +701,7 @@ class PodWorkers:
                 self.deps.recorder.emit(pod, WARNING, "FailedPostStartHook", failure,
                                         field_path=field_path)
                 await self._kill_container(pod, container, container_id, grace=0,
-                                           message=f"FailedPostStartHook", run_pre_stop=False)
+                                           message="FailedPostStartHook", run_pre_stop=False)
         return None
 
     async def _kill_container(self, pod: Obj, container: Obj, container_id: str, *,

@@ -88,40 +88,103 @@ def _get(cluster, path: str):
     return answer.json() if answer.status == 200 else None
 
 
-def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
-    node = f"ks-node-{uuid.uuid4().hex[:6]}"
-    root_dir = tmp_path / "kubelet"
-    config = tmp_path / "config.yaml"
-    config.write_text(json.dumps({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-        "address": "127.0.0.1", "port": free_port(), "healthzPort": free_port(),
-        "cgroupRoot": containerd.cgroup_parent(), "cgroupDriver": "cgroupfs",
-        "clusterDNS": ["10.96.0.10"], "clusterDomain": "cluster.local",
-        "nodeStatusUpdateFrequency": "1s", "containerRuntimeEndpoint": containerd.endpoint,
-        "authentication": {"x509": {"clientCAFile": str(cluster.pki / "ca.crt")}},
-        "evictionHard": {"memory.available": "100Mi"}, "failSwapOn": False}))
-    kubeconfig = _node_kubeconfig(cluster, node, tmp_path)
-    log_path = tmp_path / "kubelet.log"
-    namespace = cluster.new_namespace("kubelet-", default_service_account=True)
-    pod_uid = ""
-    with open(log_path, "wb") as log_file:
-        kubelet = subprocess.Popen(
-            [sys.executable, "-m", "kubesmith.kubelet.main", "--config", str(config),
-             "--kubeconfig", str(kubeconfig), "--hostname-override", node,
-             "--node-ip", "127.0.0.1", "--root-dir", str(root_dir),
-             "--node-labels", "example.com/pool=test", "--v", "4"],
-            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+class RealKubelet:
+    """`python -m kubesmith.kubelet.main` for node `node`, with a node's credentials;
+    start() again after stop() is a kubelet restart."""
 
-    def log_tail() -> str:
+    def __init__(self, cluster, containerd, folder: Path, node: str, **config):
+        self.node = node
+        self.folder = folder
+        self.root_dir = folder / "kubelet"
+        self.config_path = folder / "config.yaml"
+        self.config_path.write_text(json.dumps({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "address": "127.0.0.1", "port": free_port(), "healthzPort": free_port(),
+            "cgroupRoot": containerd.cgroup_parent(), "cgroupDriver": "cgroupfs",
+            "clusterDNS": ["10.96.0.10"], "clusterDomain": "cluster.local",
+            "nodeStatusUpdateFrequency": "1s", "fileCheckFrequency": "1s",
+            "containerRuntimeEndpoint": containerd.endpoint,
+            "authentication": {"x509": {"clientCAFile": str(cluster.pki / "ca.crt")}},
+            "evictionHard": {"memory.available": "100Mi"}, "failSwapOn": False, **config}))
+        self.kubeconfig = _node_kubeconfig(cluster, node, folder)
+        self.log_path = folder / "kubelet.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log_file:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kubesmith.kubelet.main", "--config",
+                 str(self.config_path), "--kubeconfig", str(self.kubeconfig),
+                 "--hostname-override", self.node, "--node-ip", "127.0.0.1",
+                 "--root-dir", str(self.root_dir), "--node-labels", "example.com/pool=test",
+                 "--v", "4"],
+                cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager stops it; its exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return 0
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return -9
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def log_tail(self) -> str:
         try:
             return "\n--- kubelet log ---\n" + "\n".join(
-                log_path.read_text(errors="replace").splitlines()[-60:])
+                self.log_path.read_text(errors="replace").splitlines()[-60:])
         except OSError:
             return ""
+
+
+def _runtime_leftovers(containerd, pod_uid: str):
+    """(containers, sandboxes) the runtime still has of a pod."""
+    import asyncio
+    from kubesmith.cri import api
+
+    async def query():
+        client = containerd.client()
+        try:
+            selector = {"io.kubernetes.pod.uid": pod_uid}
+            containers = await client.list_containers(api.ContainerFilter(
+                label_selector=selector))
+            sandboxes = await client.list_pod_sandbox(api.PodSandboxFilter(
+                label_selector=selector))
+            return containers, sandboxes
+        finally:
+            await client.close()
+    return asyncio.run(query())
+
+
+def _pod_running(cluster, path):
+    def check():
+        current = _get(cluster, path)
+        return current if current and current.get("status", {}).get("phase") == "Running" \
+            else None
+    return check
+
+
+def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
+    node = f"ks-node-{uuid.uuid4().hex[:6]}"
+    kubelet = RealKubelet(cluster, containerd, tmp_path, node)
+    namespace = cluster.new_namespace("kubelet-", default_service_account=True)
+    pod_uid = ""
+    kubelet.start()
     try:
         # The Node: registered with the host's figures; NotReady while the runtime's
         # network (CNI) is not configured, with upstream's message.
-        found = _wait("the Node", lambda: _get(cluster, f"/api/v1/nodes/{node}"), 30, log_tail)
+        found = _wait("the Node", lambda: _get(cluster, f"/api/v1/nodes/{node}"), 30,
+                      kubelet.log_tail)
         labels = found["metadata"]["labels"]
         assert labels["kubernetes.io/hostname"] == node
         assert labels["kubernetes.io/os"] == "linux" and labels["example.com/pool"] == "test"
@@ -136,7 +199,7 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
                                            "NetworkReady=false")
         lease = _wait("the Lease", lambda: _get(
             cluster, f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}"),
-            15, log_tail)
+            15, kubelet.log_tail)
         assert lease["spec"]["holderIdentity"] == node
 
         # A host-network pod runs (no CNI needed) and reports Running.
@@ -156,12 +219,7 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
         assert answer.status == 201, answer.body
         pod_uid = answer.json()["metadata"]["uid"]
         path = f"/api/v1/namespaces/{namespace}/pods/web"
-
-        def running():
-            current = _get(cluster, path)
-            return current if current and current.get("status", {}).get("phase") == "Running" \
-                else None
-        current = _wait("the pod Running", running, 60, log_tail)
+        current = _wait("the pod Running", _pod_running(cluster, path), 60, kubelet.log_tail)
         status = current["status"]
         assert status["podIP"] == "127.0.0.1" and status["hostIP"] == "127.0.0.1"
         conditions = {c["type"]: c["status"] for c in status["conditions"]}
@@ -175,41 +233,87 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
         # Its log, in the CRI format where the kubelet asked containerd to write it.
         log_file = POD_LOG_ROOT / f"{namespace}_web_{pod_uid}" / "app" / "0.log"
         _wait("the container's log", lambda: log_file.exists()
-              and b"hello from web" in log_file.read_bytes(), 15, log_tail)
+              and b"hello from web" in log_file.read_bytes(), 15, kubelet.log_tail)
         line = log_file.read_bytes().splitlines()[0].split(b" ", 3)
         assert line[1] == b"stdout" and line[2] == b"F" and line[3] == b"hello from web"
+
+        # SIGTERM stops the kubelet, not the pod; a new kubelet adopts the container.
+        assert kubelet.stop() == 0, kubelet.log_tail()
+        containers, _ = _runtime_leftovers(containerd, pod_uid)
+        assert [c.id for c in containers] == [entry["containerID"].split("//")[1]]
+        assert containers[0].state == 1     # CONTAINER_RUNNING
+        kubelet.start()
+        _wait("the second kubelet started", lambda: kubelet.log_path.read_text(
+            errors="replace").count(f"kubelet {node} started") == 2, 30, kubelet.log_tail)
+        time.sleep(2)       # a few syncs and relists
+        containers, _ = _runtime_leftovers(containerd, pod_uid)
+        assert [c.id for c in containers] == [entry["containerID"].split("//")[1]]
+        again = _get(cluster, path)["status"]["containerStatuses"][0]
+        assert again["containerID"] == entry["containerID"] and again["restartCount"] == 0
 
         # Deleting it stops the container (SIGTERM: the trap exits 0) and the kubelet
         # deletes the pod for good.
         answer = cluster.request("DELETE", path)
         assert answer.status == 200, answer.body
-        _wait("the pod gone", lambda: cluster.request("GET", path).status == 404, 30, log_tail)
-        import asyncio
-        from kubesmith.cri import api
-
-        async def leftovers():
-            client = containerd.client()
-            try:
-                selector = {"io.kubernetes.pod.uid": pod_uid}
-                containers = await client.list_containers(api.ContainerFilter(
-                    label_selector=selector))
-                sandboxes = await client.list_pod_sandbox(api.PodSandboxFilter(
-                    label_selector=selector))
-                return containers, sandboxes
-            finally:
-                await client.close()
-        containers, sandboxes = asyncio.run(leftovers())
+        _wait("the pod gone", lambda: cluster.request("GET", path).status == 404, 30,
+              kubelet.log_tail)
+        containers, sandboxes = _runtime_leftovers(containerd, pod_uid)
         assert not containers and not sandboxes
-        assert not (root_dir / "pods" / pod_uid).exists()
+        assert not (kubelet.root_dir / "pods" / pod_uid).exists()
         assert not log_file.parent.parent.exists()
-
-        # SIGTERM: the kubelet leaves at once (pods would keep running).
-        kubelet.send_signal(signal.SIGTERM)
-        assert kubelet.wait(timeout=15) == 0, log_tail()
+        assert kubelet.stop() == 0, kubelet.log_tail()
     finally:
-        if kubelet.poll() is None:
-            kubelet.kill()
-            kubelet.wait()
+        kubelet.kill()
         if pod_uid:
             for folder in POD_LOG_ROOT.glob(f"*_{pod_uid}"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_static_pod_and_its_mirror(cluster, containerd, tmp_path):
+    node = f"ks-static-{uuid.uuid4().hex[:6]}"
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "static-web.yaml").write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "static-web", "namespace": "default"},
+        "spec": {"hostNetwork": True, "terminationGracePeriodSeconds": 5,
+                 "containers": [{"name": "app", "image": "kubesmith.local/busybox:latest",
+                                 "command": ["sh", "-c", "trap 'exit 0' TERM; "
+                                             "while true; do sleep 0.2; done"]}]}}))
+    kubelet = RealKubelet(cluster, containerd, tmp_path, node,
+                          staticPodPath=str(manifests))
+    path = f"/api/v1/namespaces/default/pods/static-web-{node}"
+    static_uid = ""
+    kubelet.start()
+    try:
+        # The mirror pod shows the static pod and its status.
+        mirror = _wait("the mirror pod Running", _pod_running(cluster, path), 60,
+                       kubelet.log_tail)
+        annotations = mirror["metadata"]["annotations"]
+        static_uid = annotations["kubernetes.io/config.mirror"]
+        assert annotations["kubernetes.io/config.source"] == "file"
+        assert mirror["metadata"]["uid"] != static_uid
+        assert mirror["metadata"]["ownerReferences"][0]["kind"] == "Node"
+        assert mirror["spec"]["nodeName"] == node
+        containers, _ = _runtime_leftovers(containerd, static_uid)
+        assert len(containers) == 1
+        # Deleting the mirror pod does not stop the static pod: the mirror comes back.
+        answer = cluster.request("DELETE", path)
+        assert answer.status == 200, answer.body
+        _wait("a new mirror pod", lambda: (_get(cluster, path) or {}).get("metadata", {})
+              .get("uid") not in (None, mirror["metadata"]["uid"]), 30, kubelet.log_tail)
+        containers, _ = _runtime_leftovers(containerd, static_uid)
+        assert len(containers) == 1 and containers[0].state == 1
+        # Removing the manifest stops the pod and deletes its mirror.
+        (manifests / "static-web.yaml").unlink()
+        _wait("the mirror pod gone", lambda: cluster.request("GET", path).status == 404, 30,
+              kubelet.log_tail)
+        _wait("the static pod's containers gone",
+              lambda: not any(_runtime_leftovers(containerd, static_uid)), 20,
+              kubelet.log_tail)
+        assert kubelet.stop() == 0, kubelet.log_tail()
+    finally:
+        kubelet.kill()
+        if static_uid:
+            for folder in POD_LOG_ROOT.glob(f"*_{static_uid}"):
                 shutil.rmtree(folder, ignore_errors=True)
