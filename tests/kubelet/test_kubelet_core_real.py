@@ -317,3 +317,108 @@ def test_static_pod_and_its_mirror(cluster, containerd, tmp_path):
         if static_uid:
             for folder in POD_LOG_ROOT.glob(f"*_{static_uid}"):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_pod_network_through_cni(cluster, containerd, tmp_path):
+    """A pod on the pod network: containerd calls the bridge + host-local plugins
+    (a bridge of the test's own, removed at the end), the Node turns Ready once the CNI
+    config is there, the pod gets its IP, cluster DNS resolv.conf and managed hosts file,
+    and serves HTTP to the host over the bridge."""
+    import asyncio
+    import random
+    import urllib.request
+
+    from kubesmith.cri import api
+    node = f"ks-cni-{uuid.uuid4().hex[:6]}"
+    bridge = f"kst{uuid.uuid4().hex[:8]}"
+    subnet_octet = random.randint(16, 250)
+    subnet = f"10.199.{subnet_octet}.0/24"
+    conf = Path(containerd.cni_conf_dir) / "10-kubelet-test.conflist"
+    conf.write_text(json.dumps({
+        "cniVersion": "0.4.0", "name": "kubelet-test",
+        "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+                     "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                              "dataDir": str(tmp_path / "ipam")}}]}))
+    kubelet = RealKubelet(cluster, containerd, tmp_path, node)
+    namespace = cluster.new_namespace("kubelet-cni-", default_service_account=True)
+    path = f"/api/v1/namespaces/{namespace}/pods/web"
+    pod_uid = ""
+    kubelet.start()
+    try:
+        def node_ready():
+            found = _get(cluster, f"/api/v1/nodes/{node}") or {}
+            conditions = {c["type"]: c for c in found.get("status", {}).get("conditions", [])}
+            return conditions.get("Ready", {}).get("status") == "True"
+        _wait("the Node Ready", node_ready, 30, kubelet.log_tail)
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web", "namespace": namespace},
+               "spec": {"nodeName": node, "automountServiceAccountToken": False,
+                        "terminationGracePeriodSeconds": 5, "hostname": "web-host",
+                        "containers": [{
+                            "name": "app", "image": "kubesmith.local/busybox:latest",
+                            "command": ["sh", "-c", "mkdir -p /www && echo pod-says-hi "
+                                        "> /www/index.html && exec httpd -f -p 8080 -h /www"],
+                            "ports": [{"containerPort": 8080}]}]}}
+        answer = cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+        assert answer.status == 201, answer.body
+        pod_uid = answer.json()["metadata"]["uid"]
+        current = _wait("the pod Running", _pod_running(cluster, path), 60, kubelet.log_tail)
+        pod_ip = current["status"]["podIP"]
+        assert pod_ip.startswith(f"10.199.{subnet_octet}.")
+        assert current["status"]["podIPs"] == [{"ip": pod_ip}]
+        container_id = current["status"]["containerStatuses"][0]["containerID"].split("//")[1]
+
+        async def read(*command):
+            client = containerd.client()
+            try:
+                code, out, err = await client.exec_sync(container_id, list(command), 10)
+                assert code == 0, err
+                return out.decode()
+            finally:
+                await client.close()
+        resolv = asyncio.run(read("cat", "/etc/resolv.conf"))
+        assert "nameserver 10.96.0.10" in resolv
+        assert f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local" in resolv
+        assert "options ndots:5" in resolv
+        hosts = asyncio.run(read("cat", "/etc/hosts"))
+        assert hosts.startswith("# Kubernetes-managed hosts file.")
+        assert f"{pod_ip}\tweb-host" in hosts
+        assert asyncio.run(read("hostname")).strip() == "web-host"
+
+        def fetch():
+            try:
+                with urllib.request.urlopen(f"http://{pod_ip}:8080/index.html",
+                                            timeout=2) as answer:
+                    return answer.read()
+            except OSError:
+                return None
+        assert _wait("HTTP from the pod", fetch, 15, kubelet.log_tail) == b"pod-says-hi\n"
+
+        answer = cluster.request("DELETE", path)
+        assert answer.status == 200, answer.body
+        _wait("the pod gone", lambda: cluster.request("GET", path).status == 404, 30,
+              kubelet.log_tail)
+        assert not any(_runtime_leftovers(containerd, pod_uid))
+        assert kubelet.stop() == 0, kubelet.log_tail()
+    finally:
+        kubelet.kill()
+        if pod_uid:
+            for folder in POD_LOG_ROOT.glob(f"*_{pod_uid}"):
+                shutil.rmtree(folder, ignore_errors=True)
+            # Sandboxes left by a failure: their network is torn down with them.
+            async def remove_sandboxes():
+                client = containerd.client()
+                try:
+                    for sandbox in await client.list_pod_sandbox(api.PodSandboxFilter(
+                            label_selector={"io.kubernetes.pod.uid": pod_uid})):
+                        await client.stop_pod_sandbox(sandbox.id)
+                        await client.remove_pod_sandbox(sandbox.id)
+                finally:
+                    await client.close()
+            try:
+                asyncio.run(remove_sandboxes())
+            except Exception:
+                pass
+        conf.unlink(missing_ok=True)
+        subprocess.run(["ip", "link", "delete", bridge], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
