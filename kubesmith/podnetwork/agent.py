@@ -9,7 +9,8 @@ out (see network.py for what each is and why).
 
 A sync runs after Node changes (coalesced, at most one per `min_interval`) and every
 `resync_period` anyway, which repairs routes or rules someone removed. Full syncs also keep
-net.ipv4.ip_forward and net.bridge.bridge-nf-call-iptables at 1. The CNI file is
+net.ipv4.ip_forward and net.bridge.bridge-nf-call-iptables at 1 and, with
+`service_cidrs`, a route for the service range when the host has none (network.py). The CNI file is
 written once this node has a podCIDR (the controller manager's node IPAM assigns it);
 until then containerd has no network for pods, and the kubelet reports the runtime's
 network as not ready.
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kubesmith.podnetwork.network import (CONFLIST_NAME, Route, Routes, conflist_text,
-                                          ensure_iptables, node_pod_cidr, plan_routes,
-                                          write_if_changed)
+                                          ensure_iptables, node_internal_ip, node_pod_cidr,
+                                          plan_routes, sync_service_routes, write_if_changed)
 from kubesmith.proxy.iptables import (CommandError, CommandRunner, Iptables, get_sysctl,
                                       set_sysctl)
 
@@ -39,9 +40,10 @@ class PodNetworkAgent:
     def __init__(self, *, node_name: str, cluster_cidrs: list[str], cni_conf_dir: Path,
                  nodes: Callable[[], list[Obj]], bridge: str = "cni0",
                  runner: CommandRunner | None = None, resync_period: float = 60.0,
-                 min_interval: float = 0.2):
+                 min_interval: float = 0.2, service_cidrs: list[str] = ()):
         self.node_name = node_name
         self.cluster_cidrs = cluster_cidrs
+        self.service_cidrs = list(service_cidrs)
         self.cni_conf_dir = Path(cni_conf_dir)
         self.nodes = nodes
         self.bridge = bridge
@@ -52,6 +54,7 @@ class PodNetworkAgent:
         self.min_interval = min_interval
         self.pod_cidr: str | None = None
         self.last_routes: list[Route] = []
+        self.service_routes: list[str] = []
         self.healthy = False          # the last sync succeeded
         self.syncs = 0
         self._changed = asyncio.Event()
@@ -118,6 +121,13 @@ class PodNetworkAgent:
             self.pod_cidr = pod_cidr
         elif own is not None and self.pod_cidr is None:
             log.info("node %s has no podCIDR yet", self.node_name)
+        if full and self.service_cidrs:
+            routed = await sync_service_routes(self.runner, self.service_cidrs,
+                                               node_internal_ip(own) if own else None)
+            if routed != self.service_routes:
+                log.info("routing the service range %s on the node's interface (no other "
+                         "route covers it)", ", ".join(routed) or "(none)")
+                self.service_routes = routed
         wanted = plan_routes(nodes, self.node_name)
         if wanted == self.last_routes and not full:
             return

@@ -7,6 +7,8 @@ Runs on every node, as root, on a Node informer (any identity that may list and 
 Nodes will do: kube-proxy's or the kubelet's). It writes the CNI configuration for this
 node's podCIDR, keeps routes to the other nodes' podCIDRs, masquerades pod traffic
 leaving the pod range and enables IP forwarding (network.py says how and why). With
+--service-cluster-ip-range, a host without a default route gets a route for the Service
+range, so that the node itself reaches ClusterIPs. With
 --healthz-port (default 10258, 0 turns it off) it serves /healthz on 127.0.0.1: 200
 once a sync has succeeded and as long as the last one did.
 """
@@ -44,6 +46,7 @@ class Options:
     kubeconfig: str = ""
     node_name: str = ""
     cluster_cidr: list = None
+    service_cluster_ip_range: list = None
     cni_conf_dir: str = "/etc/cni/net.d"
     cni_bin_dir: str = "/usr/lib/cni"
     bridge_name: str = "cni0"
@@ -59,6 +62,8 @@ def parse(argv: list[str]) -> Options:
     flag("--kubeconfig", help_="kubeconfig of the API server (required)")
     flag("--node-name", help_="this node's name (default: the hostname)")
     flag("--cluster-cidr", cidrs, "the cluster's pod range (required)")
+    flag("--service-cluster-ip-range", cidrs, "the Service range: routed on the node's "
+         "interface when no route covers it, so the node reaches ClusterIPs")
     flag("--cni-conf-dir", help_="where the CNI configuration goes (default /etc/cni/net.d)")
     flag("--cni-bin-dir", help_="where the CNI plugins are (default /usr/lib/cni)")
     flag("--bridge-name", help_="the pods' bridge (default cni0)")
@@ -76,6 +81,8 @@ def parse(argv: list[str]) -> Options:
         raise UsageError("--cluster-cidr is required")
     options.cluster_cidr = [str(c) for c in options.cluster_cidr
                             if isinstance(c, ipaddress.IPv4Network)]
+    options.service_cluster_ip_range = [str(c) for c in options.service_cluster_ip_range or []
+                                        if isinstance(c, ipaddress.IPv4Network)]
     options.node_name = (options.node_name or socket.gethostname()).strip().lower()
     return options
 
@@ -93,7 +100,7 @@ async def run(options: Options, *, runner: CommandRunner | None = None,
     agent = PodNetworkAgent(node_name=options.node_name, cluster_cidrs=options.cluster_cidr,
                             cni_conf_dir=Path(options.cni_conf_dir), nodes=nodes.lister.list,
                             bridge=options.bridge_name, resync_period=options.resync_period,
-                            runner=runner)
+                            runner=runner, service_cidrs=options.service_cluster_ip_range)
     nodes.add_event_handler(agent.changed, agent.changed, agent.changed)
 
     runner = None

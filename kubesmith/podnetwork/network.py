@@ -140,7 +140,8 @@ def plan_routes(nodes: list[Obj], own_name: str) -> list[Route]:
 
 
 def parse_routes(ip_json: str) -> list[Route]:
-    """Routes of `ip -j -4 route show proto 199`."""
+    """Routes via a gateway of `ip -j -4 route show proto 199` (the service range's
+    device route, below, is not one of them)."""
     try:
         entries = json.loads(ip_json or "[]")
     except ValueError:
@@ -198,6 +199,75 @@ class Routes:
         for route in await self.current():
             await self.runner.run(["ip", "route", "del", route.dst, "proto", ROUTE_PROTO],
                                   check=False)
+
+
+# --- the service range ----------------------------------------------------------------
+#
+# A process on the node connecting to a ClusterIP needs *some* route to it: the kernel
+# picks a route before kube-proxy's DNAT in the nat OUTPUT chain (and routes again
+# after it). Hosts normally have a default route; hosts without one (an isolated lab,
+# an air-gapped site) get a device route for the service range on the node's own
+# interface. Traffic to an address no Service has goes nowhere, as it would anyway.
+
+def covered(cidr: str, ip_json: str) -> bool:
+    """Whether a route of someone else (`ip -j -4 route show`) covers all of `cidr`."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    try:
+        entries = json.loads(ip_json or "[]")
+    except ValueError:
+        return False
+    for entry in entries:
+        if str(entry.get("protocol", "")) == ROUTE_PROTO or entry.get("type") in (
+                "blackhole", "unreachable", "prohibit"):
+            continue
+        dst = entry.get("dst")
+        if dst == "default":
+            return True
+        found = _ipv4_cidr(dst)
+        if found and net.subnet_of(ipaddress.ip_network(found)):
+            return True
+    return False
+
+
+def device_of(ip: str, addr_json: str) -> str | None:
+    """The interface holding `ip`, from `ip -j -4 addr show`."""
+    try:
+        links = json.loads(addr_json or "[]")
+    except ValueError:
+        return None
+    for link in links:
+        if any(info.get("local") == ip for info in link.get("addr_info") or []):
+            return link.get("ifname")
+    return None
+
+
+async def sync_service_routes(runner: CommandRunner, service_cidrs: list[str],
+                              node_ip: str | None) -> list[str]:
+    """Keep a proto-199 device route for each service range no other route covers (and
+    remove it once one does); the ranges routed now."""
+    table = (await runner.run(["ip", "-j", "-4", "route", "show"])).stdout
+    ours = {}
+    for entry in json.loads(table or "[]"):
+        if str(entry.get("protocol", "")) == ROUTE_PROTO and not entry.get("gateway"):
+            ours[_ipv4_cidr(entry.get("dst"))] = entry.get("dev")
+    device = None
+    if node_ip:
+        device = device_of(node_ip, (await runner.run(["ip", "-j", "-4", "addr",
+                                                        "show"])).stdout)
+    routed = []
+    for cidr in service_cidrs:
+        if covered(cidr, table):
+            if cidr in ours:
+                await runner.run(["ip", "route", "del", cidr, "proto", ROUTE_PROTO],
+                                 check=False)
+            continue
+        if device is None:
+            continue
+        if ours.get(cidr) != device:
+            await runner.run(["ip", "route", "replace", cidr, "dev", device, "proto",
+                              ROUTE_PROTO, "scope", "link"])
+        routed.append(cidr)
+    return routed
 
 
 # --- iptables -------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 agent's conflist run through Debian's CNI plugins (bridge + host-local + portmap, as
 containerd would run them) for two "pods", then pod-to-pod HTTP over the bridge, a pod
 reaching a ClusterIP whose endpoint is the other pod on the same bridge (kube-proxy's
-rules; needs bridge-nf-call-iptables), and a hostPort through portmap."""
+rules; needs bridge-nf-call-iptables), the node reaching that ClusterIP without a
+default route, and a hostPort through portmap."""
 from __future__ import annotations
 
 import asyncio
@@ -62,6 +63,7 @@ def test_pods_on_one_node(tmp_path):
         in_ns(node_ns, "ip", "link", "set", "node0", "up")
         agent = PodNetworkAgent(node_name="n1", cluster_cidrs=["10.244.0.0/16"],
                                 cni_conf_dir=tmp_path / "net.d", runner=runner,
+                                service_cidrs=["10.96.0.0/12"],
                                 nodes=lambda: [node("n1", "10.244.1.0/24", "192.168.79.1")])
         asyncio.run(agent.sync())
         conflist = json.loads((tmp_path / "net.d" / "10-kubesmith.conflist").read_text())
@@ -99,6 +101,9 @@ def test_pods_on_one_node(tmp_path):
                               slices=lambda: state["slices"])
             asyncio.run(proxier.sync(full=True))
             assert fetch("http://10.96.0.20/who") == ["pod-b", "pod-b"]
+            # From the node itself, which has no default route (the agent routes the
+            # service range; kube-proxy masquerades the node's traffic).
+            assert fetch("http://10.96.0.20/who", node_ns) == ["pod-b", "pod-b"]
             # hostPort on the node's address, from the node itself.
             assert fetch("http://192.168.79.1:18080/who", node_ns) == ["pod-b", "pod-b"]
         finally:

@@ -35,13 +35,16 @@ def test_routes_conflist_and_rules_in_a_network_namespace(tmp_path):
                  node("n3", "10.244.3.0/24", "192.168.77.3")]
         agent = PodNetworkAgent(node_name="n1", cluster_cidrs=["10.244.0.0/16"],
                                 cni_conf_dir=tmp_path / "net.d", nodes=lambda: nodes,
-                                runner=CommandRunner(["ip", "netns", "exec", ns]))
+                                runner=CommandRunner(["ip", "netns", "exec", ns]),
+                                service_cidrs=["10.96.0.0/12"])
         try:
             asyncio.run(agent.sync())
             table = routes(ns)
             assert table["10.244.2.0/24"] == ("192.168.77.2", "199")
             assert table["10.244.3.0/24"] == ("192.168.77.3", "199")
             assert "10.244.1.0/24" not in table          # our own range: the bridge's
+            # No default route here: the service range is routed on the node's link.
+            assert table["10.96.0.0/12"] == ("", "199")
             conf = json.loads((tmp_path / "net.d" / "10-kubesmith.conflist").read_text())
             assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}]]
             assert in_ns(ns, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
@@ -60,6 +63,13 @@ def test_routes_conflist_and_rules_in_a_network_namespace(tmp_path):
             assert table["10.244.2.0/24"] == ("192.168.77.22", "199")
             assert "10.244.3.0/24" not in table
             assert table["10.99.0.0/24"][0] == "192.168.77.9"
+            assert "10.96.0.0/12" in table           # partial syncs leave it alone
+
+            # Once the host has a default route, the service range route goes.
+            in_ns(ns, "ip", "route", "add", "default", "via", "192.168.77.254")
+            asyncio.run(agent.sync(full=True))
+            assert "10.96.0.0/12" not in routes(ns)
+            in_ns(ns, "ip", "route", "del", "default")
 
             # Someone deleted our route: the periodic full sync restores it; the rules
             # are not duplicated.

@@ -8,8 +8,8 @@ import pytest
 
 from kubesmith.podnetwork import main as agent_main
 from kubesmith.podnetwork.agent import PodNetworkAgent
-from kubesmith.podnetwork.network import (Route, conflist, iptables_rules, parse_routes,
-                                          plan_routes, write_if_changed)
+from kubesmith.podnetwork.network import (Route, conflist, covered, device_of, iptables_rules,
+                                          parse_routes, plan_routes, write_if_changed)
 from kubesmith.proxy.iptables import CommandRunner, Result
 from tests.podnetwork.podnetwork_objects import node
 
@@ -53,6 +53,22 @@ def test_parse_routes():
         {"dst": "10.244.3.0/24", "dev": "eth0", "flags": []}])
     assert parse_routes(output) == [Route("10.244.2.0/24", "192.168.50.2")]
     assert parse_routes("") == []
+
+
+def test_service_range_route_planning():
+    table = [{"dst": "192.168.50.0/24", "dev": "eth0", "protocol": "kernel"},
+             {"dst": "10.96.0.0/12", "dev": "eth0", "protocol": "199", "scope": "link"}]
+    # Our own route does not count as someone else's.
+    assert not covered("10.96.0.0/12", json.dumps(table))
+    assert covered("10.96.0.0/12", json.dumps(table + [{"dst": "default",
+                                                         "gateway": "192.168.50.254"}]))
+    assert covered("10.96.0.0/12", json.dumps(table + [{"dst": "10.0.0.0/8", "dev": "x"}]))
+    assert not covered("10.96.0.0/12", json.dumps(
+        table + [{"type": "blackhole", "dst": "10.0.0.0/8"}]))
+    addrs = [{"ifname": "lo", "addr_info": [{"local": "127.0.0.1"}]},
+             {"ifname": "eth0", "addr_info": [{"local": "192.168.50.1", "prefixlen": 24}]}]
+    assert device_of("192.168.50.1", json.dumps(addrs)) == "eth0"
+    assert device_of("192.168.50.9", json.dumps(addrs)) is None
 
 
 def test_iptables_rules():
@@ -123,7 +139,10 @@ def test_command_line_errors(argv, message, capsys):
 def test_command_line():
     options = agent_main.parse(["--kubeconfig=/k", "--node-name=Worker-1",
                                 "--cluster-cidr=10.244.0.0/16", "--cni-conf-dir=/tmp/x",
-                                "--bridge-name=br-pods", "--healthz-port=0", "--v=2"])
+                                "--bridge-name=br-pods", "--healthz-port=0", "--v=2",
+                                "--service-cluster-ip-range=10.96.0.0/12"])
     assert (options.node_name, options.cluster_cidr, options.cni_conf_dir,
-            options.cni_bin_dir, options.bridge_name, options.healthz_port) == (
-        "worker-1", ["10.244.0.0/16"], "/tmp/x", "/usr/lib/cni", "br-pods", 0)
+            options.cni_bin_dir, options.bridge_name, options.healthz_port,
+            options.service_cluster_ip_range) == (
+        "worker-1", ["10.244.0.0/16"], "/tmp/x", "/usr/lib/cni", "br-pods", 0,
+        ["10.96.0.0/12"])
