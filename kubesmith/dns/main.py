@@ -252,6 +252,9 @@ class ClusterDns:
         except BaseException:
             await self.stop(withdraw=False)
             raise
+        if not self.forwarder.nameservers():
+            log.warning("no upstream resolver in %s: names outside the cluster get "
+                        "SERVFAIL", self.options.upstream_resolv_conf)
         self.informers.start()
         self._tasks.append(asyncio.create_task(self._mark_synced(), name="dns-sync"))
 
@@ -302,8 +305,7 @@ class ClusterDns:
                 routes.setdefault(number, []).append((path, handler))
         if not routes:
             return
-        context = self_signed_context(self.options.advertise_address
-                                      or socket.gethostname())
+        context = self_signed_context(socket.gethostname())
         for number, handlers in routes.items():
             app = web.Application()
             for path, handler in handlers:

@@ -6,7 +6,8 @@ A query for a name of the cluster (see records.py) is answered from the RecordSt
 with the AA bit; any other name goes to the Forwarder (forward.py), SERVFAIL when no
 upstream answers. Every answer offers recursion (RA), as CoreDNS's do. A UDP answer
 larger than the client's buffer (512 bytes, or its EDNS size) goes out empty with TC
-set, so the client asks again over TCP. Unparsable messages get FORMERR when their
+set, so the client asks again over TCP (UDP answers are kept to 1232 bytes at most,
+unfragmented on any usual MTU). Unparsable messages get FORMERR when their
 header can be read (nothing otherwise), opcodes other than QUERY get NOTIMP, and zone
 transfers REFUSED.
 
@@ -38,7 +39,7 @@ from kubesmith.dns.records import RecordStore
 
 log = logging.getLogger("kubesmith-dns.server")
 
-OUR_PAYLOAD = 1232          # the EDNS buffer size offered to clients
+OUR_PAYLOAD = 1232          # EDNS buffer size offered to clients (DNS flag day 2020)
 MAX_IN_FLIGHT = 2000        # UDP queries being answered at once; more are dropped
 TCP_IDLE_TIMEOUT = 10.0     # seconds a TCP connection may wait for its next query
 MAX_TCP_CONNECTIONS = 256
@@ -140,13 +141,15 @@ class DnsServer:
         self._transports.clear()
         for server in self._tcp_servers:
             server.close()
-        for server in self._tcp_servers:
-            await server.wait_closed()
-        self._tcp_servers.clear()
+        # Open TCP connections and queries in flight end now (wait_closed waits for
+        # the connections to be gone).
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for server in self._tcp_servers:
+            await server.wait_closed()
+        self._tcp_servers.clear()
 
     def _spawn(self, coro) -> bool:
         if len(self._tasks) >= MAX_IN_FLIGHT:
@@ -214,7 +217,8 @@ class DnsServer:
         if proto == "tcp":
             limit = 65535
         else:
-            limit = max(512, query.payload) if query.edns >= 0 else 512
+            # The smaller of the client's buffer and ours (RFC 6891), never below 512.
+            limit = max(512, min(query.payload, OUR_PAYLOAD)) if query.edns >= 0 else 512
         try:
             out = response.to_wire(max_size=limit)
         except dns.exception.TooBig:

@@ -200,15 +200,26 @@ def test_large_answers_are_truncated_over_udp_and_whole_over_tcp(tmp_path):
                 "metadata": {"namespace": "default", "name": "many-1",
                              "labels": {"kubernetes.io/service-name": "many"}},
                 "addressType": "IPv4",
-                "endpoints": [{"addresses": [f"10.244.0.{i}"]} for i in range(1, 101)]})
+                "endpoints": [{"addresses": [f"10.244.0.{i}"]} for i in range(1, 61)]})
             small = await udp(port, "many.default.svc.cluster.local")
             assert small.flags & dns.flags.TC and not small.answer
             whole = await tcp(port, "many.default.svc.cluster.local")
-            assert len(addresses(whole)) == 100
-            # With a large EDNS buffer, UDP carries it all.
+            assert len(addresses(whole)) == 60
+            # With an EDNS buffer, UDP carries it all (about 1000 bytes) ...
             large = await udp(port, "many.default.svc.cluster.local", use_edns=0,
                               payload=4096)
-            assert not large.flags & dns.flags.TC and len(addresses(large)) == 100
+            assert not large.flags & dns.flags.TC and len(addresses(large)) == 60
+            assert large.payload == 1232
+            # ... but never more than 1232 bytes, whatever the client offers.
+            for i in range(61, 101):
+                server.store.set_slice({
+                    "metadata": {"namespace": "default", "name": f"many-{i}",
+                                 "labels": {"kubernetes.io/service-name": "many"}},
+                    "addressType": "IPv4", "endpoints": [{"addresses": [f"10.244.0.{i}"]}]})
+            capped = await udp(port, "many.default.svc.cluster.local", use_edns=0,
+                               payload=4096)
+            assert capped.flags & dns.flags.TC
+            assert len(addresses(await tcp(port, "many.default.svc.cluster.local"))) == 100
     asyncio.run(main())
 
 
