@@ -339,6 +339,9 @@ def test_pod_network_through_cni(cluster, containerd, tmp_path):
         "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
                      "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
                               "dataDir": str(tmp_path / "ipam")}}]}))
+    # The bridge plugin turns IPv4 forwarding on for a gateway; it is put back after.
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward")
+    forwarding_before = forwarding.read_text()
     kubelet = RealKubelet(cluster, containerd, tmp_path, node)
     namespace = cluster.new_namespace("kubelet-cni-", default_service_account=True)
     path = f"/api/v1/namespaces/{namespace}/pods/web"
@@ -422,3 +425,5 @@ def test_pod_network_through_cni(cluster, containerd, tmp_path):
         conf.unlink(missing_ok=True)
         subprocess.run(["ip", "link", "delete", bridge], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, check=False)
+        if forwarding.read_text() != forwarding_before:
+            forwarding.write_text(forwarding_before)
