@@ -58,6 +58,7 @@ class ProxyConfig:
     min_sync_period: float = 1.0
     node_port_addresses: list[str] = field(default_factory=list)
     detect_local_mode: str = "ClusterCIDR"
+    cleanup: bool = False
     v: int = 0
 
 
@@ -168,7 +169,7 @@ def validate(config: ProxyConfig) -> ProxyConfig:
                         (config.metrics_bind_address, "metricsBindAddress")):
         if value:
             _split_host_port(value, name)
-    if not config.kubeconfig:
+    if not config.kubeconfig and not config.cleanup:
         raise ConfigError("no kubeconfig: give --kubeconfig or clientConnection.kubeconfig")
     return config
 
@@ -197,6 +198,7 @@ def _parser() -> FlagParser:
          "(default 1s)", dest="min_sync_period")
     flag("--nodeport-addresses", comma_list, "CIDRs or primary/localhost/all",
          dest="node_port_addresses")
+    flag("--cleanup", boolean=True, help_="remove kube-proxy's iptables rules and exit")
     flag("--kube-api-qps", float, "default 5")
     flag("--kube-api-burst", int, "default 10")
     parser.verbosity_flag()

@@ -218,6 +218,17 @@ async def run(config: proxy_config.ProxyConfig, *, runner: CommandRunner | None 
     return status
 
 
+async def cleanup(config: proxy_config.ProxyConfig, runner: CommandRunner | None = None
+                  ) -> int:
+    """--cleanup: every rule and chain kube-proxy made is removed (upstream's flag)."""
+    options = RuleOptions(localhost_node_ports=config.localhost_node_ports)
+    proxier = Proxier(Iptables(runner or CommandRunner()), None, node_name="",
+                      options=options, services=list, slices=list)
+    await proxier.cleanup()
+    log.info("removed kube-proxy's iptables rules")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config = proxy_config.parse(sys.argv[1:] if argv is None else argv)
@@ -229,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if config.v >= 4 else logging.INFO,
         format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
     try:
+        if config.cleanup:
+            return asyncio.run(cleanup(config))
         return asyncio.run(run(config))
     except KeyboardInterrupt:
         return 0

@@ -49,6 +49,12 @@ class ProxyMetrics:
         self.endpoint_changes = Counter(
             "kubeproxy_sync_proxy_rules_endpoint_changes",
             "Cumulative proxy rules Endpoint changes", registry=registry)
+        # Upstream's buckets: 0.25 s to 5 s by 0.25 s, 6 s to 60 s by 1 s, then coarser.
+        self.network_programming = Histogram(
+            "kubeproxy_network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            buckets=(*(0.25 * i for i in range(1, 21)), *range(6, 61),
+                     *range(75, 301, 15), *range(360, 1201, 60)), registry=registry)
         self.no_local_endpoints = Gauge(
             "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
             "Number of services with a Local traffic policy and no endpoints",

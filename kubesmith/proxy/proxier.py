@@ -23,6 +23,7 @@ and DNATed to a removed endpoint.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import logging
 import time
@@ -30,12 +31,15 @@ from typing import Any, Callable
 
 from kubesmith.proxy.iptables import CommandError, Conntrack, Iptables
 from kubesmith.proxy.metrics import ProxyHealth, ProxyMetrics
-from kubesmith.proxy.rules import RuleOptions, RuleSet, build_rules, is_service_chain
+from kubesmith.proxy.rules import (JUMP_RULES, RuleOptions, RuleSet, build_rules,
+                                   is_service_chain)
 from kubesmith.proxy.servicemap import ServicePort, build, categorize
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
+
+TRIGGER_TIME = "endpoints.kubernetes.io/last-change-trigger-time"
 
 
 class _UdpState:
@@ -73,6 +77,8 @@ class Proxier:
         self.writes = 0           # restores done (a test checks that a no-op writes none)
         self.syncs = 0
         self._udp: dict[str, _UdpState] = {}
+        self._slice_versions: dict[str, str] = {}
+        self._started_at = time.time()
         self._changed = asyncio.Event()
         self._last_sync = 0.0
         self._jumps_ok = False
@@ -131,7 +137,8 @@ class Proxier:
         self.syncs += 1
         if full and self.node_port_resolver is not None:
             self.options.node_port_ips = await self.node_port_resolver()
-        services = build(self.services(), self.slices(), self.node_name)
+        slices = self.slices()
+        services = build(self.services(), slices, self.node_name)
         rules = build_rules(services, self.options)
         text = rules.restore_input()
         wrote = False
@@ -163,10 +170,36 @@ class Proxier:
             for jump in rules.jump_rules:
                 await self.iptables.ensure_rule(jump.table, jump.chain, jump.args())
             self._jumps_ok = True
+        self._observe_programming(slices, wrote)
         if wrote:
             await self._clean_conntrack(services)
         self._observe(rules, time.perf_counter() - started, full, wrote)
         return wrote
+
+    def _observe_programming(self, slices: list[Obj], wrote: bool) -> None:
+        """Network programming latency (upstream's SLI): from the change a slice's
+        last-change-trigger-time annotation records to the rules being written, once
+        per slice version."""
+        seen: dict[str, str] = {}
+        for eps in slices:
+            meta = eps.get("metadata") or {}
+            key = f"{meta.get('namespace')}/{meta.get('name')}"
+            seen[key] = meta.get("resourceVersion") or ""
+            if not wrote or self._slice_versions.get(key) == seen[key]:
+                continue
+            trigger = (meta.get("annotations") or {}).get(TRIGGER_TIME)
+            if self.metrics is None or not trigger:
+                continue
+            try:
+                when = datetime.datetime.fromisoformat(trigger.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            # Changes from before this process started are not its latency (upstream).
+            if when.timestamp() >= self._started_at:
+                self.metrics.network_programming.observe(
+                    max(0.0, time.time() - when.timestamp()))
+        if wrote:
+            self._slice_versions = seen
 
     def _observe(self, rules: RuleSet, seconds: float, full: bool, wrote: bool) -> None:
         if self.health is not None:
@@ -218,9 +251,9 @@ class Proxier:
             await self.conntrack.clear_port(port)
 
     async def cleanup(self) -> None:
-        """Remove every rule and chain of kube-proxy (upstream's --cleanup)."""
-        jumps = build_rules([], self.options).jump_rules
-        for jump in jumps:
+        """Remove every rule and chain of kube-proxy (upstream's --cleanup). KUBE-FIREWALL
+        stays, as upstream: the kubelet keeps the same chain."""
+        for jump in JUMP_RULES:
             await self.iptables.delete_rule(jump.table, jump.chain, jump.args())
         for table, own in (("nat", ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING",
                                     "KUBE-MARK-MASQ")),

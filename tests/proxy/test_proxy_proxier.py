@@ -4,6 +4,7 @@ and metrics; and kube-proxy's configuration."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import textwrap
 
 import pytest
@@ -248,3 +249,27 @@ def test_config_errors(argv, message, capsys):
         proxy_config.parse(argv)
     assert proxy_main(argv) == 2
     assert "Error:" in capsys.readouterr().err
+
+
+async def test_network_programming_latency():
+    metrics = ProxyMetrics()
+    state = {"services": [service()], "slices": []}
+    proxier, _ = make_proxier(state, metrics=metrics)
+    old = slice_("web", "default", endpoint("10.244.1.5"))
+    old["metadata"].update(resourceVersion="1", annotations={
+        "endpoints.kubernetes.io/last-change-trigger-time": "2020-01-01T00:00:00Z"})
+    state["slices"] = [old]
+    proxier._started_at -= 5      # as if started a few seconds ago
+    await proxier.sync()          # a change from before the start: not counted
+    assert b"kubeproxy_network_programming_duration_seconds_count 0.0" in metrics.render()
+    new = slice_("web", "default", endpoint("10.244.1.6"))
+    trigger = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
+    new["metadata"].update(resourceVersion="2", annotations={
+        "endpoints.kubernetes.io/last-change-trigger-time":
+            trigger.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    state["slices"] = [new]
+    await proxier.sync()
+    await proxier.sync(full=True)     # the same slice version is counted once
+    rendered = metrics.render().decode()
+    assert "kubeproxy_network_programming_duration_seconds_count 1.0" in rendered
+    assert 'kubeproxy_network_programming_duration_seconds_bucket{le="0.25"} 0.0' in rendered

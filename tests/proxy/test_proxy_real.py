@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 
+from kubesmith.proxy import config as proxy_config, main as proxy_main
 from kubesmith.proxy.iptables import CommandRunner, Conntrack, Iptables
 from kubesmith.proxy.proxier import Proxier
 from kubesmith.proxy.rules import RuleOptions
@@ -69,8 +70,12 @@ def test_restore_in_a_network_namespace():
         prerouting = [line for line in nat_rules(ns) if line.startswith("-A PREROUTING")]
         assert len(prerouting) == 1
 
-        asyncio.run(proxier.cleanup())
+        # kube-proxy --cleanup
+        config = proxy_config.parse(["--cleanup"])
+        assert asyncio.run(proxy_main.cleanup(config, proxier.iptables.runner)) == 0
         assert not [line for line in nat_rules(ns) if "KUBE-" in line]
+        left = in_ns(ns, "iptables-save", "-t", "filter").stdout
+        assert "KUBE-" not in left.replace("KUBE-FIREWALL", "")
 
 
 def test_traffic_to_cluster_ip_and_node_port(tmp_path):
