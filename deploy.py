@@ -56,6 +56,7 @@ if machine.is_master:
 
 node.run_containerd(plan, host.name, manager)
 node.import_images(plan)
+node.service_route(plan, host.name)
 node.node_components(plan, host.name, manager, uploads, wheel)
 
 if machine.is_master:

@@ -10,6 +10,11 @@ In order:
 - the OCI image tarballs built on the operator's machine (pause, busybox, python),
   uploaded to /opt/kubesmith/images and imported into containerd's k8s.io namespace,
   each only when its tarball changed or containerd lacks it;
+- on a host without a default route (the lab's hosts, some air-gapped sites), a route
+  for the Service range through the node address's interface: a packet the host itself
+  sends is routed before kube-proxy's DNAT rewrites its destination, so without any
+  route to a ClusterIP it fails at once ("network unreachable"); after the DNAT the
+  kernel routes it again, to the real endpoint;
 - kube-proxy and the pod-network agent (the deploy waits until each stays running after
   a (re)start), then the kubelet (the deploy waits for its /healthz on 127.0.0.1:10248).
 
@@ -121,6 +126,22 @@ def import_images(plan: cluster.ClusterPlan) -> None:
         if remote[ref] in uploads or ref not in present:
             server.shell(name=f"Import image {ref}",
                          commands=[f"{CTR} images import {shlex.quote(remote[ref])}"])
+
+
+@deploy("Service range route")
+def service_route(plan: cluster.ClusterPlan, name: str) -> None:
+    """Only where there is no default route, and only when the route is missing."""
+    cidr = str(plan.settings.service_cidr)
+    family = "-6" if plan.settings.service_cidr.version == 6 else "-4"
+    routes = command_output(f"ip {family} route show default; ip {family} route show {cidr}")
+    if not routes:
+        server.shell(name=f"Route {cidr} through the node's interface",
+                     commands=[service_route_command(plan.machine(name).address, cidr, family)])
+
+
+def service_route_command(address: str, cidr: str, family: str = "-4") -> str:
+    return (f"dev=$(ip -o {family} addr show to {address} | awk '{{print $2; exit}}') && "
+            f"test -n \"$dev\" && ip {family} route replace {cidr} dev \"$dev\" proto static")
 
 
 @deploy("Node components")
