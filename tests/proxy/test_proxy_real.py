@@ -1,8 +1,8 @@
 """kube-proxy's rules with real iptables, in throwaway network namespaces: the restore
 is accepted and reads back as expected, an unchanged state writes nothing, stale chains
 go; and real traffic: a client reaching a ClusterIP and a NodePort is DNATed to HTTP
-servers in another namespace, spread over both endpoints, and a service without
-endpoints is refused at once."""
+servers in another namespace, spread over both endpoints (or kept on one with ClientIP
+affinity), and a service without endpoints is refused at once."""
 from __future__ import annotations
 
 import asyncio
@@ -109,9 +109,11 @@ def test_traffic_to_cluster_ip_and_node_port(tmp_path):
             web = service(type_="NodePort", ports=[{"name": "http", "port": 80,
                                                     "protocol": "TCP", "nodePort": 30080}])
             empty = service("empty", cluster_ip="10.96.0.30")
-            state = {"services": [web, empty],
-                     "slices": [slice_("web", "default", endpoint("10.244.1.10"),
-                                       endpoint("10.244.1.11"))]}
+            sticky = service("sticky", cluster_ip="10.96.0.40", sessionAffinity="ClientIP")
+            both = (endpoint("10.244.1.10"), endpoint("10.244.1.11"))
+            state = {"services": [web, empty, sticky],
+                     "slices": [slice_("web", "default", *both),
+                                slice_("sticky", "default", *both)]}
             assert asyncio.run(proxier_in(client, state).sync(full=True))
 
             answers = in_ns(client, sys.executable, "-c", HTTP_CLIENT,
@@ -120,6 +122,11 @@ def test_traffic_to_cluster_ip_and_node_port(tmp_path):
             answers = in_ns(client, sys.executable, "-c", HTTP_CLIENT,
                             "http://10.244.1.1:30080/who", "4").stdout.split()
             assert len(answers) == 4 and set(answers) <= {"server-a", "server-b"}
+
+            # ClientIP affinity: every connection of this client goes to one endpoint.
+            answers = in_ns(client, sys.executable, "-c", HTTP_CLIENT,
+                            "http://10.96.0.40/who", "12").stdout.split()
+            assert len(answers) == 12 and len(set(answers)) == 1
 
             # REJECT, not a silent drop: the client is refused instead of timing out.
             refused = in_ns(client, sys.executable, "-c", HTTP_CLIENT,
