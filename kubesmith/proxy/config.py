@@ -15,6 +15,12 @@ Fields read from the file (upstream's names and defaults):
                        (unset means "all", as upstream's iptables mode)
     detectLocalMode: "ClusterCIDR" (the default) or "" (no local-traffic detection)
 
+Flags: --config, --kubeconfig, --hostname-override, --cluster-cidr, --bind-address,
+--healthz-bind-address, --metrics-bind-address, --proxy-mode, --masquerade-all,
+--iptables-masquerade-bit, --iptables-localhost-nodeports, --iptables-sync-period,
+--iptables-min-sync-period, --nodeport-addresses, --kube-api-qps, --kube-api-burst,
+--cleanup, --v.
+
 Other upstream fields are accepted and ignored (conntrack sysctls are left as the host
 has them). Upstream ignores most flags once --config is given; kubesmith lets a flag
 given explicitly override the file, which is what --hostname-override and

@@ -6,8 +6,14 @@ Informers (the shared client machinery) on Services and EndpointSlices, both wit
 the service-proxy-name and headless labels as upstream, and on this node's Node. Rules
 are first written once both caches have synced, so a restart never programs a partial
 view of the cluster. Serves /healthz and /livez (HTTP, healthzBindAddress, default
-0.0.0.0:10256) and /metrics (metricsBindAddress, default 127.0.0.1:10249). SIGTERM
-stops it; the rules stay, so service traffic keeps flowing across a restart.
+0.0.0.0:10256) and /metrics, /proxyMode (metricsBindAddress, default 127.0.0.1:10249).
+SIGTERM stops it; the rules stay, so service traffic keeps flowing across a restart.
+`kube-proxy --cleanup` removes them and exits.
+
+NodePorts are served on 127.0.0.1 too unless iptables.localhostNodePorts is false or
+nodePortAddresses leaves out loopback (upstream's iptables-mode default); that needs
+net.ipv4.conf.all.route_localnet=1, which is then set, with the KUBE-FIREWALL rule
+dropping martian packets to 127.0.0.0/8 from outside.
 """
 from __future__ import annotations
 
