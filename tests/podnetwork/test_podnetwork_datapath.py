@@ -119,3 +119,78 @@ def test_pods_on_one_node(tmp_path):
                     run_conflist("DEL", conflist, node_ns, pod_ns, container_id, mappings)
                 except AssertionError:
                     pass
+
+
+def _http_server(ns: str, folder: Path, bind: str, port: int, log: Path) -> subprocess.Popen:
+    """python's http.server in `ns`; its access log (client addresses) goes to `log`."""
+    (folder / "who").write_text(f"{ns}\n")
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "http.server",
+                             str(port), "--bind", bind], cwd=folder,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def test_pods_on_two_nodes(tmp_path):
+    """Pod to pod across nodes is routed, source address kept; pod to a node address is
+    masqueraded to the pod's node."""
+    require_root_networking()
+    if not all((CNI_BIN / p).exists() for p in ("bridge", "host-local", "portmap")):
+        pytest.skip("needs the CNI plugins (containernetworking-plugins)")
+    nodes = [node("n1", "10.244.1.0/24", "192.168.80.1"),
+             node("n2", "10.244.2.0/24", "192.168.80.2")]
+    servers: list[subprocess.Popen] = []
+    with netns(4) as (node1, node2, pod1, pod2):
+        # The nodes' link: one veth pair between the two node namespaces.
+        in_ns(node1, "ip", "link", "add", "eth-n1", "type", "veth", "peer", "name", "eth-n2",
+              "netns", node2)
+        for ns, dev, ip in ((node1, "eth-n1", "192.168.80.1/24"),
+                            (node2, "eth-n2", "192.168.80.2/24")):
+            in_ns(ns, "ip", "addr", "add", ip, "dev", dev)
+            in_ns(ns, "ip", "link", "set", dev, "up")
+        added = []
+        try:
+            pod_ips = {}
+            for name, node_ns, pod_ns in (("n1", node1, pod1), ("n2", node2, pod2)):
+                conf_dir = tmp_path / name / "net.d"
+                agent = PodNetworkAgent(node_name=name, cluster_cidrs=["10.244.0.0/16"],
+                                        cni_conf_dir=conf_dir, nodes=lambda: nodes,
+                                        runner=CommandRunner(["ip", "netns", "exec", node_ns]))
+                asyncio.run(agent.sync())
+                conflist = json.loads((conf_dir / "10-kubesmith.conflist").read_text())
+                conflist["plugins"][0]["ipam"]["dataDir"] = str(tmp_path / name / "ipam")
+                result = run_conflist("ADD", conflist, node_ns, pod_ns, f"pod-{name}")
+                added.append((conflist, node_ns, pod_ns, f"pod-{name}"))
+                pod_ips[name] = result["ips"][0]["address"].split("/")[0]
+            assert pod_ips["n1"].startswith("10.244.1.") and pod_ips["n2"].startswith("10.244.2.")
+
+            pod_log, node_log = tmp_path / "pod2.log", tmp_path / "node2.log"
+            for folder in (tmp_path / "www-pod", tmp_path / "www-node"):
+                folder.mkdir()
+            servers.append(_http_server(pod2, tmp_path / "www-pod", pod_ips["n2"], 8080,
+                                        pod_log))
+            servers.append(_http_server(node2, tmp_path / "www-node", "192.168.80.2", 8081,
+                                        node_log))
+            wait_listening(pod2, pod_ips["n2"], 8080)
+            wait_listening(node2, "192.168.80.2", 8081)
+
+            got = in_ns(pod1, sys.executable, "-c", HTTP_CLIENT,
+                        f"http://{pod_ips['n2']}:8080/who", "1").stdout.split()
+            assert got == [pod2]
+            got = in_ns(pod1, sys.executable, "-c", HTTP_CLIENT,
+                        "http://192.168.80.2:8081/who", "1").stdout.split()
+            assert got == [node2]
+            for process in servers:
+                process.terminate()
+                process.wait(timeout=5)
+            # The pod on n2 saw the other pod's own address; the node saw n1's address.
+            assert pod_log.read_text().split()[0] == pod_ips["n1"]
+            assert node_log.read_text().split()[0] == "192.168.80.1"
+        finally:
+            for process in servers:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+            for conflist, node_ns, pod_ns, container_id in added:
+                try:
+                    run_conflist("DEL", conflist, node_ns, pod_ns, container_id)
+                except AssertionError:
+                    pass
