@@ -23,6 +23,8 @@ Flags (pflag syntax; defaults in brackets):
                                  names are only answered here, never forwarded [none]
     --ttl                        TTL of the cluster's records, seconds [5]
     --cache-size                 answers kept from upstreams [10000]
+    --lameduck                   how long queries are still answered after SIGTERM,
+                                 Go duration [5s]
     --health-port                HTTPS /health [8080; 0 turns it off]
     --ready-port                 HTTPS /ready, 200 once the informers synced [8181; 0 off]
     --metrics-port               HTTPS /metrics, Prometheus text [9153; 0 off]
@@ -31,7 +33,9 @@ Flags (pflag syntax; defaults in brackets):
 CoreDNS serves /health, /ready and /metrics over plain HTTP; kubesmith serves every
 port over TLS, here with a certificate made at start (kubesmith/serving.py), as
 kube-scheduler does for :10259. On SIGTERM or SIGINT the server withdraws its
-EndpointSlice, stops listening and exits 0.
+EndpointSlice, answers /ready with 503 and goes on answering queries for --lameduck
+(CoreDNS's `health { lameduck 5s }` of kubeadm's Corefile: kube-proxy has time to take
+it out of the Service first), then stops listening and exits 0.
 """
 from __future__ import annotations
 
@@ -72,6 +76,7 @@ class Options:
     upstream_resolv_conf: str = "/etc/resolv.conf"
     upstream_port: int = 53
     upstream_timeout: float = 2.0
+    lameduck: float = 5.0
     reverse_cidrs: list[str] = field(default_factory=list)
     ttl: int = 5
     cache_size: int = 10000
@@ -124,6 +129,8 @@ def _parser() -> FlagParser:
     flag("--reverse-cidrs", _cidr_list, "ranges whose reverse names are never forwarded")
     flag("--ttl", _ttl, "TTL of the cluster's records in seconds (default 5)")
     flag("--cache-size", int, "answers kept from upstreams (default 10000)")
+    flag("--lameduck", parse_duration, "queries still answered after SIGTERM "
+         "(default 5s)")
     flag("--health-port", port_or_zero, "HTTPS /health (default 8080; 0 disables)")
     flag("--ready-port", port_or_zero, "HTTPS /ready (default 8181; 0 disables)")
     flag("--metrics-port", port_or_zero, "HTTPS /metrics (default 9153; 0 disables)")
@@ -189,6 +196,7 @@ class ClusterDns:
         self._feed()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task] = []
+        self.stopping = False
 
     def _feed(self) -> None:
         store = self.store
@@ -243,7 +251,7 @@ class ClusterDns:
 
     @property
     def ready(self) -> bool:
-        return self.store.synced
+        return self.store.synced and not self.stopping
 
     async def start(self) -> None:
         try:
@@ -270,12 +278,16 @@ class ClusterDns:
                                                    name="dns-registration"))
 
     async def stop(self, *, withdraw: bool = True) -> None:
+        self.stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         if withdraw and self.registration is not None:
             await self.registration.withdraw()
+            if self.options.lameduck > 0:
+                log.info("answering for %gs more (lameduck)", self.options.lameduck)
+                await asyncio.sleep(self.options.lameduck)
         await self.server.stop()
         for runner in self._runners:
             await runner.cleanup()

@@ -19,11 +19,14 @@ name without the asked type is NOERROR with no answer (NODATA); both carry the z
 SOA in the authority section, so resolvers cache the negative answer for --ttl seconds.
 
 The store is fed one object at a time by informer handlers: each Service's records are
-recomputed whole when the Service or one of its slices changes (cheap: one service's
-endpoints), so a query never waits for a rebuild.
+recomputed when the Service or one of its slices changes and only the difference is
+filed, so a query never waits for a rebuild. The index is keyed by lower-case name text
+and holds plain values (addresses, target names); dnspython's Name and rdata objects,
+slow to hash, are made only for the records an answer carries.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from dataclasses import dataclass, field
@@ -75,12 +78,40 @@ def _meta(obj: Obj) -> Obj:
     return obj.get("metadata") or {}
 
 
-def address_record(ip: str):
-    """An A or AAAA rdata for an address."""
-    parsed = ipaddress.ip_address(ip)
-    if parsed.version == 4:
-        return A(IN, dns.rdatatype.A, str(parsed))
-    return AAAA(IN, dns.rdatatype.AAAA, str(parsed))
+def address_type(ip: str) -> int:
+    return dns.rdatatype.AAAA if ":" in ip else dns.rdatatype.A
+
+
+def reverse_key(ip: str) -> str:
+    """The reverse name of an address, as index key: 10.96.0.1 -> 1.0.96.10.in-addr.arpa."""
+    return ipaddress.ip_address(ip).reverse_pointer + "."
+
+
+def key_of(name: Name) -> str:
+    """The index key of a name: its text, lower case, absolute."""
+    return name.to_text().lower()
+
+
+@functools.lru_cache(maxsize=65536)
+def make_rdata(rdtype: int, value: Any):
+    """The rdata of an index value: an address (A, AAAA), a target name (PTR, CNAME,
+    NS), (priority, weight, port, target) (SRV) or a text (TXT)."""
+    if rdtype == dns.rdatatype.A:
+        return A(IN, rdtype, value)
+    if rdtype == dns.rdatatype.AAAA:
+        return AAAA(IN, rdtype, value)
+    if rdtype == dns.rdatatype.PTR:
+        return PTR(IN, rdtype, dns.name.from_text(value))
+    if rdtype == dns.rdatatype.CNAME:
+        return CNAME(IN, rdtype, dns.name.from_text(value))
+    if rdtype == dns.rdatatype.NS:
+        return NS(IN, rdtype, dns.name.from_text(value))
+    if rdtype == dns.rdatatype.SRV:
+        priority, weight, port, target = value
+        return SRV(IN, rdtype, priority, weight, port, dns.name.from_text(target))
+    if rdtype == dns.rdatatype.TXT:
+        return TXT(IN, rdtype, [value.encode()])
+    raise ValueError(f"no index values of type {rdtype}")
 
 
 def dashed(ip: str) -> str:
@@ -143,7 +174,8 @@ def ready_endpoints(service: Obj, slices: Iterable[Obj]) -> list[tuple[str, str,
     return out
 
 
-Record = tuple[Name, int | None, Any]      # (owner, rdtype, rdata); rdtype None: name only
+# (owner key, rdtype, value); rdtype None: the name exists, with no record of its own
+Record = tuple[str, int | None, Any]
 
 
 class RecordStore:
@@ -156,25 +188,27 @@ class RecordStore:
                  dns_service: str = "kube-system/kube-dns",
                  reverse_cidrs: Iterable[str] = ()):
         self.zone = dns.name.from_text(domain)
+        self.zone_key = key_of(self.zone)
         self.ttl = ttl
         self.dns_service = dns_service
         self.reverse_cidrs = [ipaddress.ip_network(c) for c in reverse_cidrs]
         self.synced = False
         self.serial = int(time.time())
         self.ns_name = dns.name.from_text("ns.dns", self.zone)
-        self._records: dict[Name, dict[int, dict[Any, int]]] = {}
-        self._nodes: dict[Name, int] = {}          # names with records at or below them
-        self._contributed: dict[str, list[Record]] = {}
+        self.ns_key = key_of(self.ns_name)
+        # owner -> rdtype -> value -> how many sources give it
+        self._records: dict[str, dict[int, dict[Any, int]]] = {}
+        self._nodes: dict[str, int] = {}           # names with records at or below them
+        self._contributed: dict[str, dict[Record, None]] = {}
         self._services: dict[str, Obj] = {}
         self._slices: dict[str, dict[str, Obj]] = {}    # service key -> slice key -> slice
         self._slice_owner: dict[str, str] = {}          # slice key -> service key
         self._namespaces: set[str] = set()
         self._contribute("static", [
-            (dns.name.from_text("dns-version", self.zone), dns.rdatatype.TXT,
-             TXT(IN, dns.rdatatype.TXT, [SCHEMA_VERSION.encode()])),
-            (self.zone, dns.rdatatype.NS, NS(IN, dns.rdatatype.NS, self.ns_name)),
-            (dns.name.from_text("svc", self.zone), None, None),
-            (dns.name.from_text("pod", self.zone), None, None),
+            (f"dns-version.{self.zone_key}", dns.rdatatype.TXT, SCHEMA_VERSION),
+            (self.zone_key, dns.rdatatype.NS, self.ns_key),
+            (f"svc.{self.zone_key}", None, None),
+            (f"pod.{self.zone_key}", None, None),
         ])
 
     # --- feeding ----------------------------------------------------------------------
@@ -212,8 +246,8 @@ class RecordStore:
             self._namespaces.add(name)
             label = name.lower()
             self._contribute(f"namespace:{name}", [
-                (dns.name.from_text(f"{label}.svc", self.zone), None, None),
-                (dns.name.from_text(f"{label}.pod", self.zone), None, None)])
+                (f"{label}.svc.{self.zone_key}", None, None),
+                (f"{label}.pod.{self.zone_key}", None, None)])
 
     def remove_namespace(self, namespace: Obj) -> None:
         name = _meta(namespace).get("name", "")
@@ -238,109 +272,104 @@ class RecordStore:
         """Every record one Service gives (see the module docstring)."""
         meta, spec = _meta(service), service.get("spec") or {}
         namespace, name = meta.get("namespace", ""), meta.get("name", "")
-        base = dns.name.from_text(f"{name}.{namespace}.svc".lower(), self.zone)
+        base = f"{name}.{namespace}.svc.{self.zone_key}".lower()
         records: list[Record] = []
         if spec.get("type") == "ExternalName":
             target = spec.get("externalName") or ""
             if target:
-                records.append((base, dns.rdatatype.CNAME,
-                                CNAME(IN, dns.rdatatype.CNAME,
-                                      dns.name.from_text(target.rstrip(".") + "."))))
+                records.append((base, dns.rdatatype.CNAME, target.rstrip(".") + "."))
             return records
         cluster_ips = service_ips(service)
         endpoints = ready_endpoints(service, slices)
         if cluster_ips:
             for ip in cluster_ips:
-                rdata = address_record(ip)
-                records.append((base, rdata.rdtype, rdata))
-                records.append((dns.reversename.from_address(ip), dns.rdatatype.PTR,
-                                PTR(IN, dns.rdatatype.PTR, base)))
+                records.append((base, address_type(ip), ip))
+                records.append((reverse_key(ip), dns.rdatatype.PTR, base))
                 if f"{namespace}/{name}" == self.dns_service:
-                    records.append((self.ns_name, rdata.rdtype, rdata))
+                    records.append((self.ns_key, address_type(ip), ip))
             for port in spec.get("ports") or []:
                 if port.get("name"):
-                    records.append((self._srv_name(port, base), dns.rdatatype.SRV,
-                                    SRV(IN, dns.rdatatype.SRV, 0, 100, int(port["port"]),
-                                        base)))
+                    records.append((self._srv_key(port, base), dns.rdatatype.SRV,
+                                    (0, 100, int(port["port"]), base)))
         else:
             weight = max(1, 100 // max(1, len(endpoints)))
             for ip, host, ports in endpoints:
-                rdata = address_record(ip)
-                records.append((base, rdata.rdtype, rdata))
-                target = dns.name.Name((host,) + base.labels)
+                records.append((base, address_type(ip), ip))
                 for port in ports:
                     if port.get("name") and port.get("port"):
-                        records.append((self._srv_name(port, base), dns.rdatatype.SRV,
-                                        SRV(IN, dns.rdatatype.SRV, 0, weight,
-                                            int(port["port"]), target)))
+                        records.append((self._srv_key(port, base), dns.rdatatype.SRV,
+                                        (0, weight, int(port["port"]), f"{host}.{base}")))
         # Every ready endpoint has a name of its own under the service, and its address
         # points back to that name (for ClusterIP services too, as CoreDNS does).
         for ip, host, _ in endpoints:
-            rdata = address_record(ip)
-            target = dns.name.Name((host,) + base.labels)
-            records.append((target, rdata.rdtype, rdata))
-            records.append((dns.reversename.from_address(ip), dns.rdatatype.PTR,
-                            PTR(IN, dns.rdatatype.PTR, target)))
+            records.append((f"{host}.{base}", address_type(ip), ip))
+            records.append((reverse_key(ip), dns.rdatatype.PTR, f"{host}.{base}"))
         return records
 
     @staticmethod
-    def _srv_name(port: Obj, base: Name) -> Name:
+    def _srv_key(port: Obj, base: str) -> str:
         protocol = (port.get("protocol") or "TCP").lower()
-        return dns.name.Name((f"_{port['name'].lower()}".encode(),
-                              f"_{protocol}".encode()) + base.labels)
+        return f"_{port['name'].lower()}._{protocol}.{base}"
 
     def _contribute(self, source: str, records: list[Record]) -> None:
-        """Replace what `source` (a service, a namespace) puts in the index."""
-        old = self._contributed.pop(source, [])
-        if old == records:
-            if records:
-                self._contributed[source] = records
+        """Replace what `source` (a service, a namespace) puts in the index: only the
+        records that changed are unfiled and filed."""
+        old = self._contributed.pop(source, {})
+        new = dict.fromkeys(records)        # ordered, each record once
+        if new:
+            self._contributed[source] = new
+        if old.keys() == new.keys():
             return
-        for owner, rdtype, rdata in old:
-            self._unfile(owner, rdtype, rdata)
-        for owner, rdtype, rdata in records:
-            self._file(owner, rdtype, rdata)
-        if records:
-            self._contributed[source] = records
+        for owner, rdtype, value in old:
+            if (owner, rdtype, value) not in new:
+                self._unfile(owner, rdtype, value)
+        for owner, rdtype, value in new:
+            if (owner, rdtype, value) not in old:
+                self._file(owner, rdtype, value)
         self.serial = max(self.serial + 1, int(time.time()))
 
-    def _file(self, owner: Name, rdtype: int | None, rdata: Any) -> None:
+    @staticmethod
+    def _ancestors(owner: str):
+        """owner and the names above it, up to the top-level one ("a.b.c." -> "a.b.c.",
+        "b.c.", "c.")."""
+        position = 0
+        while position < len(owner) - 1:
+            yield owner[position:]
+            position = owner.index(".", position) + 1
+
+    def _file(self, owner: str, rdtype: int | None, value: Any) -> None:
         if rdtype is not None:
             by_type = self._records.setdefault(owner, {}).setdefault(rdtype, {})
-            by_type[rdata] = by_type.get(rdata, 0) + 1
-        name = owner
-        while len(name.labels) > 1:
+            by_type[value] = by_type.get(value, 0) + 1
+        for name in self._ancestors(owner):
             self._nodes[name] = self._nodes.get(name, 0) + 1
-            name = name.parent()
 
-    def _unfile(self, owner: Name, rdtype: int | None, rdata: Any) -> None:
+    def _unfile(self, owner: str, rdtype: int | None, value: Any) -> None:
         if rdtype is not None:
             by_name = self._records.get(owner, {})
             by_type = by_name.get(rdtype, {})
-            count = by_type.get(rdata, 0) - 1
+            count = by_type.get(value, 0) - 1
             if count > 0:
-                by_type[rdata] = count
+                by_type[value] = count
             else:
-                by_type.pop(rdata, None)
+                by_type.pop(value, None)
                 if not by_type:
                     by_name.pop(rdtype, None)
                     if not by_name:
                         self._records.pop(owner, None)
-        name = owner
-        while len(name.labels) > 1:
+        for name in self._ancestors(owner):
             count = self._nodes.get(name, 0) - 1
             if count > 0:
                 self._nodes[name] = count
             else:
                 self._nodes.pop(name, None)
-            name = name.parent()
 
     # --- reading ----------------------------------------------------------------------
 
     def is_local(self, qname: Name) -> bool:
         """True when this store answers `qname` (never forwarded)."""
         return self._authority_zone(qname) is not None or (
-            self._is_reverse(qname) and qname in self._records)
+            self._is_reverse(qname) and key_of(qname) in self._records)
 
     def _is_reverse(self, qname: Name) -> bool:
         return qname.is_subdomain(REVERSE_V4) or qname.is_subdomain(REVERSE_V6)
@@ -379,23 +408,25 @@ class RecordStore:
                       SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, self.ttl))
         return rrset
 
-    def _rrset(self, owner: Name, rdtype: int, ttl: int | None = None) -> dns.rrset.RRset | None:
-        rdatas = self._records.get(owner, {}).get(rdtype)
-        if not rdatas:
+    def _rrset(self, owner: Name, key: str, rdtype: int) -> dns.rrset.RRset | None:
+        """The records of type `rdtype` at `key`, named `owner` (the question's
+        spelling)."""
+        values = self._records.get(key, {}).get(rdtype)
+        if not values:
             return None
         rrset = dns.rrset.RRset(owner, IN, rdtype)
-        rrset.update_ttl(VERSION_TTL if rdtype == dns.rdatatype.TXT else
-                         self.ttl if ttl is None else ttl)
-        for rdata in rdatas:
-            rrset.add(rdata)
+        rrset.update_ttl(VERSION_TTL if rdtype == dns.rdatatype.TXT else self.ttl)
+        for value in values:
+            rrset.add(make_rdata(rdtype, value))
         return rrset
 
     def lookup(self, qname: Name, qtype: int) -> Answer | None:
         """The answer to (qname, qtype, IN), or None when the name is not this store's
         (the server forwards it)."""
+        key = key_of(qname)
         zone = self._authority_zone(qname)
         if zone is None:
-            if self._is_reverse(qname) and qname in self._records:
+            if self._is_reverse(qname) and key in self._records:
                 zone = REVERSE_V4 if qname.is_subdomain(REVERSE_V4) else REVERSE_V6
             else:
                 return None
@@ -403,48 +434,48 @@ class RecordStore:
             # An empty cache would deny names that exist: fail until the lists are in.
             return Answer(rcode=dns.rcode.SERVFAIL)
         out = Answer()
-        pod = self._pod_record(qname)
+        pod = self._pod_address(qname)
         if pod is not None:
             if pod is False:
                 out.rcode = dns.rcode.NXDOMAIN
-            elif qtype in (pod.rdtype, dns.rdatatype.ANY):
-                rrset = dns.rrset.RRset(qname, IN, pod.rdtype)
+            elif qtype in (address_type(pod), dns.rdatatype.ANY):
+                rrset = dns.rrset.RRset(qname, IN, address_type(pod))
                 rrset.update_ttl(self.ttl)
-                rrset.add(pod)
+                rrset.add(make_rdata(address_type(pod), pod))
                 out.answer.append(rrset)
             if not out.answer:
                 out.authority.append(self.soa(zone))
             return out
-        by_type = self._records.get(qname, {})
-        if qname == zone and qtype in (dns.rdatatype.SOA, dns.rdatatype.ANY):
+        by_type = self._records.get(key, {})
+        is_apex = qname == zone
+        if is_apex and qtype in (dns.rdatatype.SOA, dns.rdatatype.ANY):
             out.answer.append(self.soa(zone))
         if dns.rdatatype.CNAME in by_type and qtype not in (dns.rdatatype.CNAME,
                                                             dns.rdatatype.ANY):
-            self._follow_cname(qname, qtype, out)
+            self._follow_cname(qname, key, qtype, out)
             return out
-        types = list(by_type) if qtype == dns.rdatatype.ANY else [qtype]
-        for rdtype in types:
-            rrset = self._rrset(qname, rdtype)
+        for rdtype in (list(by_type) if qtype == dns.rdatatype.ANY else [qtype]):
+            rrset = self._rrset(qname, key, rdtype)
             if rrset is not None:
                 out.answer.append(rrset)
         if out.answer:
             self._add_additional(out)
-        elif qname in self._nodes or qname == zone:
+        elif key in self._nodes or is_apex:
             out.authority.append(self.soa(zone))            # NODATA
         else:
             out.rcode = dns.rcode.NXDOMAIN
             out.authority.append(self.soa(zone))
         return out
 
-    def _follow_cname(self, qname: Name, qtype: int, out: Answer) -> None:
-        rrset = self._rrset(qname, dns.rdatatype.CNAME)
+    def _follow_cname(self, qname: Name, key: str, qtype: int, out: Answer) -> None:
+        rrset = self._rrset(qname, key, dns.rdatatype.CNAME)
         out.answer.append(rrset)
         target = next(iter(rrset)).target
         if target.is_subdomain(self.zone):
             # A name of the cluster: answered here, one step (no chains of ExternalNames).
             for rdtype in ((dns.rdatatype.A, dns.rdatatype.AAAA)
                            if qtype == dns.rdatatype.ANY else (qtype,)):
-                found = self._rrset(target, rdtype)
+                found = self._rrset(target, key_of(target), rdtype)
                 if found is not None:
                     out.answer.append(found)
         else:
@@ -452,25 +483,20 @@ class RecordStore:
 
     def _add_additional(self, out: Answer) -> None:
         """Addresses of SRV targets and of the zone's name server."""
-        targets: list[Name] = []
+        targets: dict[str, Name] = {}
         for rrset in out.answer:
-            if rrset.rdtype == dns.rdatatype.SRV:
-                targets.extend(rdata.target for rdata in rrset)
-            elif rrset.rdtype == dns.rdatatype.NS:
-                targets.extend(rdata.target for rdata in rrset)
-        seen: set[Name] = set()
-        for target in targets:
-            if target in seen:
-                continue
-            seen.add(target)
+            if rrset.rdtype in (dns.rdatatype.SRV, dns.rdatatype.NS):
+                for rdata in rrset:
+                    targets.setdefault(key_of(rdata.target), rdata.target)
+        for key, target in targets.items():
             for rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
-                found = self._rrset(target, rdtype)
+                found = self._rrset(target, key, rdtype)
                 if found is not None:
                     out.additional.append(found)
 
-    def _pod_record(self, qname: Name):
-        """<dashed ip>.<ns>.pod.<zone>: the address rdata, False for NXDOMAIN, None
-        when qname is no pod name. Insecure mode (CoreDNS's default): any address, in a
+    def _pod_address(self, qname: Name) -> str | bool | None:
+        """<dashed ip>.<ns>.pod.<zone>: the address, False for NXDOMAIN, None when
+        qname is no pod name. Insecure mode (CoreDNS's default): any address, in a
         namespace that exists."""
         if not qname.is_subdomain(self.zone):
             return None
@@ -483,7 +509,7 @@ class RecordStore:
         ip = undashed(relative[0].decode(errors="replace"))
         if ip is None or namespace not in self._namespaces:
             return False
-        return address_record(ip)
+        return ip
 
     # --- for tests and metrics ---------------------------------------------------------
 

@@ -41,7 +41,7 @@ def dns_flags(kubeconfig, tmp_path, node: str, port: int, *extra: str,
             f"--node-name={node}", f"--upstream-resolv-conf={resolv_conf}",
             f"--upstream-port={upstream_port}", "--reverse-cidrs=10.96.0.0/12",
             f"--health-port={free_port()}", f"--ready-port={free_port()}",
-            f"--metrics-port={free_port()}", *extra]
+            f"--metrics-port={free_port()}", "--lameduck=0", *extra]
 
 
 @contextlib.asynccontextmanager
@@ -271,9 +271,10 @@ def test_health_ready_and_metrics_over_https(cluster, dns_kubeconfig, tmp_path):
 
 def test_command_runs_and_withdraws_on_sigterm(cluster, dns_kubeconfig, admin,
                                               kube_dns_service, tmp_path):
-    """The console script's code path: start, register, SIGTERM, exit 0, slice gone."""
+    """The console script's code path: start, register, SIGTERM, slice gone while the
+    server still answers (lameduck), exit 0."""
     port = free_udp_and_tcp_port()
-    flags = dns_flags(dns_kubeconfig, tmp_path, "dns-e", port)
+    flags = dns_flags(dns_kubeconfig, tmp_path, "dns-e", port, "--lameduck=1s")
     log_path = tmp_path / "dns.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "kubesmith.dns.main", *flags],
@@ -292,10 +293,18 @@ def test_command_runs_and_withdraws_on_sigterm(cluster, dns_kubeconfig, admin,
                 assert await answers(port, "kubernetes.default.svc.cluster.local") == [
                     "10.96.0.1"]
                 process.send_signal(signal.SIGTERM)
+
+                async def withdrawn():
+                    try:
+                        await api.get(SLICES, "kube-dns-dns-e", "kube-system")
+                    except ApiError as exc:
+                        return is_not_found(exc)
+                    return False
+                await eventually(withdrawn, timeout=5, interval=0.05)
+                assert process.poll() is None
+                assert await answers(port, "kubernetes.default.svc.cluster.local") == [
+                    "10.96.0.1"]
                 assert await asyncio.to_thread(process.wait, 10) == 0
-                with pytest.raises(ApiError) as caught:
-                    await api.get(SLICES, "kube-dns-dns-e", "kube-system")
-                assert is_not_found(caught.value)
         asyncio.run(main())
     except BaseException:
         print(log_path.read_text())

@@ -14,7 +14,7 @@ def test_defaults():
     assert (options.port, options.ttl) == (53, 5)
     assert (options.health_port, options.ready_port, options.metrics_port) == (8080, 8181, 9153)
     assert options.upstream_resolv_conf == "/etc/resolv.conf"
-    assert options.upstream_timeout == 2.0
+    assert options.upstream_timeout == 2.0 and options.lameduck == 5.0
     assert options.service == "kube-system/kube-dns"
     assert options.node_name
 
