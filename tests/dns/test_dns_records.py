@@ -2,6 +2,8 @@
 specification, negative answers with the SOA, and the index following changes."""
 from __future__ import annotations
 
+import ipaddress
+
 import dns.name
 import dns.rcode
 import dns.rdatatype
@@ -254,3 +256,43 @@ def test_dashed_names():
     assert dashed("10.1.2.3") == "10-1-2-3" and undashed("10-1-2-3") == "10.1.2.3"
     assert dashed("fd00::1") == "fd00--1" and undashed("fd00--1") == "fd00::1"
     assert undashed("web") is None
+
+
+def test_a_record_given_by_two_services_stays_until_both_are_gone(store):
+    for svc in ("a", "b"):
+        store.set_service(service("default", svc, cluster_ip="None"))
+        store.set_slice(endpoint_slice("default", svc, [{"addresses": ["10.244.1.5"]}]))
+    assert values(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == [
+        "10-244-1-5.a.default.svc.cluster.local.", "10-244-1-5.b.default.svc.cluster.local."]
+    store.remove_service(service("default", "a", cluster_ip="None"))
+    assert values(ask(store, "5.1.244.10.in-addr.arpa", "PTR")) == [
+        "10-244-1-5.b.default.svc.cluster.local."]
+    store.remove_slice(endpoint_slice("default", "b", []))
+    assert store.lookup(name("5.1.244.10.in-addr.arpa"), dns.rdatatype.PTR) is None
+    # Nothing is left behind in the index but the zone's own names.
+    store.remove_service(service("default", "b", cluster_ip="None"))
+    assert all("10.in-addr.arpa" not in key for key in store._nodes)
+
+
+def test_a_slice_moving_to_another_service(store):
+    store.set_service(service("default", "a", cluster_ip="None"))
+    store.set_service(service("default", "b", cluster_ip="None"))
+    moved = endpoint_slice("default", "a", [{"addresses": ["10.244.1.5"]}], "shared")
+    store.set_slice(moved)
+    moved = endpoint_slice("default", "b", [{"addresses": ["10.244.1.5"]}], "shared")
+    store.set_slice(moved)
+    assert ask(store, "a.default.svc.cluster.local").rcode == dns.rcode.NXDOMAIN
+    assert values(ask(store, "b.default.svc.cluster.local")) == ["10.244.1.5"]
+
+
+def test_ttls_and_reverse_zones_of_ranges():
+    store = RecordStore("cluster.local", 0)
+    store.synced = True
+    assert ask(store, "dns-version.cluster.local", "TXT").answer[0].ttl == 28800
+    assert store.reverse_zone(ipaddress.ip_network("10.96.0.0/12")) == name(
+        "10.in-addr.arpa")
+    assert store.reverse_zone(ipaddress.ip_network("10.244.0.0/16")) == name(
+        "244.10.in-addr.arpa")
+    # fd00:10:96::/112 keeps 28 nibbles: fd00 0010 0096 0000 0000 0000 0000
+    assert store.reverse_zone(ipaddress.ip_network("fd00:10:96::/112")) == name(
+        "0.0.0.0." * 4 + "6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa")
