@@ -34,7 +34,6 @@ from typing import Any, Iterable
 
 import dns.name
 import dns.rcode
-import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.reversename

@@ -9,11 +9,12 @@ keeps one discovery.k8s.io/v1 EndpointSlice of its own:
               endpointslice.kubernetes.io/managed-by=kubesmith-dns
       addressType: IPv4 (IPv6 for an IPv6 --advertise-address)
       endpoints: [{addresses: [--advertise-address], nodeName: <node name>,
-                   conditions: {ready, serving: true once the informers synced,
-                                terminating: false}}]
+                   conditions: {ready: true, serving: true, terminating: false}}]
       ports: dns <port>/UDP, dns-tcp <port>/TCP, metrics <metrics port>/TCP
       ownerReferences: the Service (when it exists), so deleting it takes the slices
 
+The slice is written once the informers have synced (the server then answers the
+cluster's names, and the slice cache is complete, so nothing is created blindly).
 kube-proxy programs the Service's ClusterIP to every ready endpoint of its slices. The
 EndpointSlice controller only touches slices labelled managed-by
 endpointslice-controller.k8s.io, so these stay as written. The slice is put back when
