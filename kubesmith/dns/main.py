@@ -52,6 +52,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kubesmith.client.informers import DeletedFinalStateUnknown, InformerFactory
+from kubesmith.client.kubeconfig import KubeconfigError
 from kubesmith.client.rest import ApiClient
 from kubesmith.dns.forward import Cache, Forwarder
 from kubesmith.dns.records import RecordStore, service_ips
@@ -332,7 +333,11 @@ class ClusterDns:
 
 
 async def run(options: Options) -> int:
-    client = ApiClient.from_kubeconfig(options.kubeconfig, component="kubesmith-dns")
+    try:
+        client = ApiClient.from_kubeconfig(options.kubeconfig, component="kubesmith-dns")
+    except KubeconfigError as exc:
+        log.error("%s", exc)
+        return 1
     app = ClusterDns(options, client)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -58,3 +58,7 @@ def test_no_registration_needs_no_advertise_address():
 def test_main_reports_usage_errors(capsys):
     assert main(["--kubeconfig=k", "--port=x"]) == 2
     assert "invalid port value" in capsys.readouterr().err
+
+
+def test_main_fails_cleanly_without_a_kubeconfig(tmp_path):
+    assert main([f"--kubeconfig={tmp_path / 'missing.conf'}", "--bind-address=127.0.0.1"]) == 1
