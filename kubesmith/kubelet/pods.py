@@ -426,14 +426,15 @@ class PodWorkers:
                 wait = await self._sync_container(uid, state, container, runtime, policy)
                 if wait:
                     next_look.append(wait)
-        # 5. status, probes, old containers
+        # 5. probes, status, old containers (the probe manager first: it answers
+        # readiness only for the containers it was told of)
         runtime = await self.pod_runtime(uid, state)
-        await self._report(uid, state, runtime)
         running = {c.name: (c.id, time.monotonic() - max(0.0, time.time() - c.started_at))
                    for c in (runtime.latest(n) for n in {r.name for r in runtime.containers
                                                          if not r.init})
                    if c is not None and c.state == "running"}
         self.deps.probes.update(pod, state.pod_ips[0] if state.pod_ips else "", running)
+        await self._report(uid, state, runtime)
         await self._remove_old_containers(runtime)
         return min(next_look) if next_look else None
 

@@ -134,10 +134,17 @@ class RealKubelet:
             return -9
 
     def kill(self) -> None:
+        """Stop it however it is, and unmount the volumes it left (a failed test)."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
         self.process = None
+        root = str(self.root_dir) + "/"
+        with open("/proc/self/mountinfo") as mounts:
+            points = [line.split()[4] for line in mounts]
+        for point in sorted((p for p in points if p.startswith(root)), reverse=True):
+            subprocess.run(["umount", "-l", point], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
 
     def log_tail(self) -> str:
         try:
@@ -427,3 +434,119 @@ def test_pod_network_through_cni(cluster, containerd, tmp_path):
                        stderr=subprocess.DEVNULL, check=False)
         if forwarding.read_text() != forwarding_before:
             forwarding.write_text(forwarding_before)
+
+
+def test_volumes_env_and_probes(cluster, containerd, tmp_path):
+    """The kubelet with the real volume, environment and probe managers: a ConfigMap
+    and a Secret as files and as variables, the service-account token, readiness
+    driving Ready, and a failed liveness probe restarting the container."""
+    import asyncio
+    import base64
+
+    node = f"ks-probe-{uuid.uuid4().hex[:6]}"
+    kubelet = RealKubelet(cluster, containerd, tmp_path, node)
+    namespace = cluster.new_namespace("kubelet-vol-", default_service_account=True)
+    # kube-root-ca.crt is the controller manager's (root CA publisher); made here.
+    root_ca = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"},
+               "data": {"ca.crt": (cluster.pki / "ca.crt").read_text()}}
+    for kind, body in (("configmaps", root_ca), ("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
+                                       "metadata": {"name": "cfg"},
+                                       "data": {"greeting": "hello"}}),
+                       ("secrets", {"apiVersion": "v1", "kind": "Secret",
+                                    "metadata": {"name": "sec"},
+                                    "data": {"password": base64.b64encode(b"s3cret").decode()}})):
+        answer = cluster.request("POST", f"/api/v1/namespaces/{namespace}/{kind}", body)
+        assert answer.status == 201, answer.body
+    path = f"/api/v1/namespaces/{namespace}/pods/probed"
+    pod_uid = ""
+    kubelet.start()
+    try:
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "probed", "namespace": namespace},
+               "spec": {"nodeName": node, "hostNetwork": True,
+                        "terminationGracePeriodSeconds": 5,
+                        "volumes": [{"name": "cfg", "configMap": {"name": "cfg"}},
+                                    {"name": "sec", "secret": {"secretName": "sec"}}],
+                        "containers": [{
+                            "name": "app", "image": "kubesmith.local/busybox:latest",
+                            "command": ["sh", "-c", "touch /tmp/alive; trap 'exit 0' TERM; "
+                                        "while true; do sleep 0.2; done"],
+                            "env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {
+                                        "name": "cfg", "key": "greeting"}}},
+                                    {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {
+                                        "name": "sec", "key": "password"}}}],
+                            "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"},
+                                             {"name": "sec", "mountPath": "/etc/sec"}],
+                            "livenessProbe": {"exec": {"command": ["test", "-f", "/tmp/alive"]},
+                                              "periodSeconds": 1, "failureThreshold": 1},
+                            "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]},
+                                               "periodSeconds": 1}}]}}
+        answer = cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
+        assert answer.status == 201, answer.body
+        pod_uid = answer.json()["metadata"]["uid"]
+        current = _wait("the pod Running", _pod_running(cluster, path), 60,
+                        lambda: f"{_get(cluster, path)}\n{kubelet.log_tail()}\n" + str(
+                            cluster.request("GET", f"/api/v1/namespaces/{namespace}/events")
+                            .json()))
+        conditions = {c["type"]: c["status"] for c in current["status"]["conditions"]}
+        assert conditions["Ready"] == "False"       # no readiness success yet
+        container_id = current["status"]["containerStatuses"][0]["containerID"].split("//")[1]
+
+        def run(*command, cid=None):
+            async def go():
+                client = containerd.client()
+                try:
+                    return await client.exec_sync(cid or container_id, list(command), 10)
+                finally:
+                    await client.close()
+            code, out, err = asyncio.run(go())
+            assert code == 0, (command, err)
+            return out.decode()
+        assert run("cat", "/etc/cfg/greeting") == "hello"
+        assert run("cat", "/etc/sec/password") == "s3cret"
+        environment = run("env")
+        assert "GREETING=hello" in environment and "PASSWORD=s3cret" in environment
+        assert run("cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace") == namespace
+        assert run("cat", "/var/run/secrets/kubernetes.io/serviceaccount/token").count(".") == 2
+        assert run("cat", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt") == \
+            root_ca["data"]["ca.crt"]
+
+        # Readiness drives the Ready condition.
+        run("touch", "/tmp/ready")
+
+        def ready():
+            found = _get(cluster, path) or {}
+            conditions = {c["type"]: c["status"] for c in found.get("status", {}).get(
+                "conditions", [])}
+            return conditions.get("Ready") == "True"
+        _wait("the pod Ready", ready, 15, kubelet.log_tail)
+
+        # A failed liveness probe restarts the container.
+        run("rm", "/tmp/alive")
+
+        def restarted():
+            found = _get(cluster, path) or {}
+            entries = found.get("status", {}).get("containerStatuses") or [{}]
+            entry = entries[0]
+            return entry if entry.get("restartCount") == 1 and "running" in entry.get(
+                "state", {}) else None
+        entry = _wait("the container restarted", restarted, 30, kubelet.log_tail)
+        assert entry["lastState"]["terminated"]["containerID"] == f"containerd://{container_id}"
+        assert entry["containerID"] != f"containerd://{container_id}"
+        events = cluster.request(
+            "GET", f"/api/v1/namespaces/{namespace}/events").json()["items"]
+        reasons = {e["reason"] for e in events if e["involvedObject"].get("uid") == pod_uid}
+        assert {"Created", "Started", "Killing", "Unhealthy"} <= reasons, reasons
+
+        answer = cluster.request("DELETE", path)
+        assert answer.status == 200, answer.body
+        _wait("the pod gone", lambda: cluster.request("GET", path).status == 404, 30,
+              kubelet.log_tail)
+        assert not any(_runtime_leftovers(containerd, pod_uid))
+        assert not (kubelet.root_dir / "pods" / pod_uid).exists()
+        assert kubelet.stop() == 0, kubelet.log_tail()
+    finally:
+        kubelet.kill()
+        if pod_uid:
+            for folder in POD_LOG_ROOT.glob(f"*_{pod_uid}"):
+                shutil.rmtree(folder, ignore_errors=True)
