@@ -840,7 +840,8 @@ class PodWorkers:
         status = pod_status(pod, runtime, host_ip=self.deps.host_ip(),
                             waiting=state.waiting,
                             ready=lambda name: probes.ready(uid, name),
-                            started=lambda name: probes.started(uid, name))
+                            started=lambda name: probes.started(uid, name),
+                            previous=self.deps.status.cached(uid))
         if terminal and status["phase"] not in TERMINAL_PHASES:
             # Every container is stopped: the pod ends, Succeeded only when each of
             # its containers exited 0 (upstream's terminal phase of a stopped pod).

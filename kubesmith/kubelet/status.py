@@ -221,12 +221,15 @@ def pod_status(pod: Obj, runtime: PodRuntime, *, host_ip: str,
                waiting: dict[str, tuple[str, str]] | None = None,
                ready: Callable[[str], bool] = lambda name: True,
                started: Callable[[str], bool | None] = lambda name: None,
-               now: str | None = None) -> Obj:
+               previous: Obj | None = None, now: str | None = None) -> Obj:
     """The pod's status (see the module docstring). `waiting` maps container names to
     the (reason, message) the pod worker has for them; `ready`/`started` are the probe
-    results of running containers."""
+    results of running containers. `previous` is the status this kubelet last computed
+    (the API server's copy may lag it): start time, terminal phase and the transition
+    times of the kubelet's conditions carry on from it."""
     spec = pod.get("spec") or {}
     current = pod.get("status") or {}
+    base = previous or current
     waiting = waiting or {}
     now = now or rfc3339()
     initialized, incomplete = init_done(pod, runtime)
@@ -249,11 +252,14 @@ def pod_status(pod: Obj, runtime: PodRuntime, *, host_ip: str,
             default_reason=CREATING if initialized else INITIALIZING,
             ready=ready(name), started=started(name)))
     phase = pod_phase(pod, statuses, init_statuses, initialized)
-    if current.get("phase") in TERMINAL_PHASES:
-        phase = current["phase"]        # a pod that ended never runs again
+    for seen in (current, base):
+        if seen.get("phase") in TERMINAL_PHASES:
+            phase = seen["phase"]        # a pod that ended never runs again
     unready = [s["name"] for s in statuses if not s["ready"]]
     gates = [g.get("conditionType") for g in spec.get("readinessGates") or []]
     existing = {c.get("type"): c for c in current.get("conditions") or []}
+    existing.update({c.get("type"): c for c in base.get("conditions") or []
+                     if c.get("type") in KUBELET_CONDITIONS})
     gates_missing = [g for g in gates if (existing.get(g) or {}).get("status") != "True"]
     if phase == "Succeeded":
         containers_ready = _condition("ContainersReady", False, "PodCompleted")
@@ -299,7 +305,7 @@ def pod_status(pod: Obj, runtime: PodRuntime, *, host_ip: str,
             condition.setdefault("lastProbeTime", None)
     status: Obj = {"phase": phase, "conditions": conditions,
                    "hostIP": host_ip, "hostIPs": [{"ip": host_ip}] if host_ip else [],
-                   "startTime": current.get("startTime") or now,
+                   "startTime": base.get("startTime") or current.get("startTime") or now,
                    "containerStatuses": statuses}
     if spec.get("initContainers"):
         status["initContainerStatuses"] = init_statuses

@@ -97,10 +97,12 @@ class RealKubelet:
         self.folder = folder
         self.root_dir = folder / "kubelet"
         self.config_path = folder / "config.yaml"
+        self.cgroup_root = containerd.cgroup_parent()   # removed when containerd stops
+        self.healthz_port = free_port()
         self.config_path.write_text(json.dumps({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "address": "127.0.0.1", "port": free_port(), "healthzPort": free_port(),
-            "cgroupRoot": containerd.cgroup_parent(), "cgroupDriver": "cgroupfs",
+            "address": "127.0.0.1", "port": free_port(), "healthzPort": self.healthz_port,
+            "cgroupRoot": self.cgroup_root, "cgroupDriver": "cgroupfs",
             "clusterDNS": ["10.96.0.10"], "clusterDomain": "cluster.local",
             "nodeStatusUpdateFrequency": "1s", "fileCheckFrequency": "1s",
             "containerRuntimeEndpoint": containerd.endpoint,
@@ -221,7 +223,9 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
                                         "echo hello from $(POD_NAME); trap 'exit 0' TERM; "
                                         "while true; do sleep 0.2; done"],
                             "env": [{"name": "POD_NAME", "valueFrom": {
-                                "fieldRef": {"fieldPath": "metadata.name"}}}]}]}}
+                                "fieldRef": {"fieldPath": "metadata.name"}}}],
+                            "resources": {"requests": {"cpu": "100m", "memory": "32Mi"},
+                                          "limits": {"cpu": "500m", "memory": "64Mi"}}}]}}
         answer = cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
         assert answer.status == 201, answer.body
         pod_uid = answer.json()["metadata"]["uid"]
@@ -236,6 +240,23 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
         assert "running" in entry["state"] and entry["restartCount"] == 0
         assert entry["containerID"].startswith("containerd://")
         assert entry["image"] and entry["imageID"]
+
+        # Resources as cgroup limits: the container's own, and the Burstable pod cgroup.
+        container_id = entry["containerID"].split("//")[1]
+        pod_cgroup = Path("/sys/fs/cgroup/memory") / kubelet.cgroup_root.strip("/") / \
+            "kubepods" / "burstable" / f"pod{pod_uid}"
+        assert pod_cgroup.is_dir()
+        assert (pod_cgroup / container_id / "memory.limit_in_bytes").read_text().strip() \
+            == str(64 * 2 ** 20)
+        cpu = Path("/sys/fs/cgroup/cpu") / pod_cgroup.relative_to("/sys/fs/cgroup/memory")
+        assert (cpu / container_id / "cpu.cfs_quota_us").read_text().strip() == "50000"
+        assert (cpu / container_id / "cpu.shares").read_text().strip() == "102"
+
+        # The kubelet's plain-HTTP health check on localhost.
+        import urllib.request
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{kubelet.healthz_port}/healthz", timeout=5) as answer:
+            assert answer.read() == b"ok"
 
         # Its log, in the CRI format where the kubelet asked containerd to write it.
         log_file = POD_LOG_ROOT / f"{namespace}_web_{pod_uid}" / "app" / "0.log"
@@ -268,6 +289,7 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
         assert not containers and not sandboxes
         assert not (kubelet.root_dir / "pods" / pod_uid).exists()
         assert not log_file.parent.parent.exists()
+        assert not pod_cgroup.exists()
         assert kubelet.stop() == 0, kubelet.log_tail()
     finally:
         kubelet.kill()
@@ -364,10 +386,12 @@ def test_pod_network_through_cni(cluster, containerd, tmp_path):
                "metadata": {"name": "web", "namespace": namespace},
                "spec": {"nodeName": node, "automountServiceAccountToken": False,
                         "terminationGracePeriodSeconds": 5, "hostname": "web-host",
+                        "securityContext": {"runAsUser": 65534, "runAsNonRoot": True},
                         "containers": [{
                             "name": "app", "image": "kubesmith.local/busybox:latest",
-                            "command": ["sh", "-c", "mkdir -p /www && echo pod-says-hi "
-                                        "> /www/index.html && exec httpd -f -p 8080 -h /www"],
+                            "command": ["sh", "-c", "mkdir -p /tmp/www && echo pod-says-hi "
+                                        "> /tmp/www/index.html && "
+                                        "exec httpd -f -p 8080 -h /tmp/www"],
                             "ports": [{"containerPort": 8080}]}]}}
         answer = cluster.request("POST", f"/api/v1/namespaces/{namespace}/pods", pod)
         assert answer.status == 201, answer.body
@@ -394,6 +418,7 @@ def test_pod_network_through_cni(cluster, containerd, tmp_path):
         assert hosts.startswith("# Kubernetes-managed hosts file.")
         assert f"{pod_ip}\tweb-host" in hosts
         assert asyncio.run(read("hostname")).strip() == "web-host"
+        assert asyncio.run(read("id", "-u")).strip() == "65534"
 
         def fetch():
             try:

@@ -285,3 +285,32 @@ def test_relist_wakes_changed_pods_and_reports_orphans(fake_runtime):
         await relister.relist()
         assert sorted(changed) == ["uid-1", "uid-2"] and orphans == ["uid-2"]
     run(main())
+
+
+def test_termination_message_from_the_file_or_the_log(tmp_path, fake_runtime):
+    async def main():
+        async with Harness(tmp_path, fake_runtime) as h:
+            pod = make_pod(restartPolicy="Never", containers=[
+                {"name": "app", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent"},
+                {"name": "logs", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent",
+                 "terminationMessagePolicy": "FallbackToLogsOnError"}])
+            h.workers.update(pod)
+            await wait_for(lambda: len(fake_runtime.running()) == 2)
+            message_file = cri.termination_message_file(str(tmp_path / "root"), "uid-1",
+                                                        "app", 0)
+            with open(message_file, "w") as out:
+                out.write("all done")
+            [logs_id] = fake_runtime.running("logs")
+            log_path = tmp_path / "logs.log"
+            log_path.write_text("2026-01-01T00:00:00.000000000Z stderr F first\n"
+                                "2026-01-01T00:00:00.100000000Z stderr F it broke\n")
+            fake_runtime.containers[logs_id]["config"].log_path = str(log_path)
+            fake_runtime.exit(fake_runtime.running("app")[0], 0)
+            fake_runtime.exit(logs_id, 3)
+            h.workers.wake("uid-1")
+            await wait_for(lambda: (h.last_status() or {}).get("phase") == "Failed")
+            app = h.container_state("app")["state"]["terminated"]
+            assert app["message"] == "all done" and app["reason"] == "Completed"
+            logs = h.container_state("logs")["state"]["terminated"]
+            assert logs["message"] == "first\nit broke" and logs["exitCode"] == 3
+    run(main())
