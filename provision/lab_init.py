@@ -11,11 +11,12 @@ sshd:
   fresh ``/proc``, ``/sys`` (showing this network namespace), the machine's
   cgroup tree, ``/dev`` with a private ``devpts`` and ``/dev/shm``, tmpfs
   ``/run`` and ``/tmp``, and empty tmpfs over paths the host must not see (the
-  lab dir, the operator's state dir); mounts below the root are then shared
-  within the host, as on a systemd machine;
+  lab dir, the operator's state dir);
 * writes the per-host files from ``boot.json`` (hostname, hosts, sshd config,
   host key, authorized_keys, machine-id) and sets the hostname;
-* chroots into the new root and runs ``sshd -D``, restarting it if it dies;
+* makes the new root the root of its mount namespace (pivot_root, then the
+  machine's root is detached), with shared propagation below it as on a
+  systemd machine, and runs ``sshd -D``, restarting it if it dies;
 * reaps orphans, as any PID 1 must;
 * on SIGTERM/SIGINT terminates every process of the host, then exits.
 
@@ -25,6 +26,7 @@ chroot, and everything it needs is imported before the root changes.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -37,6 +39,7 @@ HANDLED_SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 SSHD_RESTART_MIN = 1.0
 SSHD_RESTART_MAX = 10.0
 SHUTDOWN_GRACE = 3.0
+MNT_DETACH = 2  # umount2 flag (linux/fs.h)
 
 
 def log(message: str) -> None:
@@ -97,6 +100,31 @@ def write_file(root: str, path: str, content: str, mode: int, dir_mode: int = 0o
     os.replace(tmp, target)
 
 
+def enter_root(root: str) -> None:
+    """Make `root` the root of this mount namespace, as container runtimes do, and
+    detach the machine's root from it.
+
+    A chroot would not do: a container runtime in the host enters its containers'
+    mount namespaces with setns, which puts the entering process (`kubectl exec`, exec
+    probes) at the root of that namespace; under a chroot that is still the machine's
+    root, and the process would run outside its container.
+    """
+    os.chdir(root)
+    # pivot_root(2) moves every process whose root is the old root, this one included.
+    run(["pivot_root", ".", "."])
+    # The old root is now stacked on the new one: detach it, so nothing of the
+    # machine's tree is reachable but through the overlay.
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(b".", MNT_DETACH) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"umount2 of the old root: {os.strerror(errno)}")
+    os.chdir("/")
+    # Shared propagation inside the host, as systemd sets it up on a real machine: a
+    # container runtime relies on it for volume mounts with mountPropagation. The peer
+    # groups are new ones of this mount namespace, so nothing reaches the machine.
+    run(["mount", "--make-rshared", "/"])
+
+
 def unlock_root(root: str) -> None:
     """sshd (without PAM) refuses every login, keys included, for an account whose
     password is locked with '!'. Keep the host's root usable by key only."""
@@ -150,11 +178,6 @@ def build_root(boot: dict) -> str:
     mount("tmpfs", inside(merged, "/tmp"), "tmpfs", "nosuid,nodev,mode=1777")
     for path in boot.get("hide", []):
         mount("tmpfs", inside(merged, path), "tmpfs", "nosuid,nodev,noexec,mode=0700,size=1m")
-    # Shared propagation inside the host, as systemd sets it up on a real machine: a
-    # container runtime relies on it for volume mounts with mountPropagation. The peer
-    # groups are new ones of this mount namespace, so nothing reaches the machine.
-    run(["mount", "--make-rshared", merged])
-
     for directory in ("/run/sshd", "/run/lock"):
         os.makedirs(inside(merged, directory), mode=0o755, exist_ok=True)
     os.chmod(inside(merged, "/run/lock"), 0o1777)
@@ -277,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"starting host {boot['hostname']} ({boot['address']}), pid {machine_pid}")
         root = build_root(boot)
         socket.sethostname(boot["hostname"])
-        os.chroot(root)
-        os.chdir("/")
+        enter_root(root)
     except Exception as exc:  # report and exit; the lab CLI shows this log
         log(f"host setup failed: {exc}")
         return 1

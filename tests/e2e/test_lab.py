@@ -203,6 +203,15 @@ def test_host_cgroups_go_under_the_hosts_cgroup_root(lab):
     assert Path(f"/sys/fs/cgroup/pids{root}/kubepods/pod1").is_dir()
 
 
+def test_host_root_is_its_mount_namespace_root(lab):
+    # Not a chroot: a runtime entering a container's mount namespace (setns, as for
+    # `kubectl exec`) lands at that namespace's root, which must be the container's.
+    roots = lab.ssh("worker-1", "awk '$5 == \"/\" {print $9, $7}' /proc/self/mountinfo")
+    assert roots.split("\n")[0].split()[0] == "overlay"
+    assert len(roots.strip().splitlines()) == 1, roots
+    assert "shared:" in roots
+
+
 def test_writes_stay_private_to_the_host(lab):
     marker = f"/root/{NAME}-marker"
     assert not Path(marker).exists()
