@@ -445,13 +445,16 @@ class PodWorkers:
         pod = state.pod
         if latest is not None and latest.state == "running":
             message = self.deps.probes.liveness_failed(uid, name)
-            if not message:
+            changed = bool(latest.spec_hash) and \
+                latest.spec_hash != cri_config.container_hash(container)
+            if not message and not changed:
                 return None
             # The probe manager has recorded the Unhealthy events; the kill is ours.
+            reason = (f"Container {name} failed liveness probe, will be restarted" if message
+                      else f"Container {name} definition changed, will be restarted")
             await self._kill_container(pod, container, latest.id,
                                        grace=_spec(pod).get("terminationGracePeriodSeconds", 30),
-                                       message=f"Container {name} failed liveness probe, "
-                                               f"will be restarted")
+                                       message=reason)
             self.deps.probes.reset(uid, name)
             runtime = await self.pod_runtime(uid, state)
             latest = runtime.latest(name)

@@ -61,6 +61,7 @@ class ContainerRecord:
     image: str = ""
     image_id: str = ""
     init: bool = False
+    spec_hash: str = ""         # the container spec's digest when it was created
 
     @classmethod
     def from_cri(cls, status: Any, *, init: bool = False) -> "ContainerRecord":
@@ -81,7 +82,8 @@ class ContainerRecord:
                    reason=status.reason, message=status.message,
                    image=status.image.user_specified_image or status.image.image,
                    image_id=status.image_ref,
-                   init=init or labels.get(runtime.CONTAINER_TYPE_LABEL) == "init")
+                   init=init or labels.get(runtime.CONTAINER_TYPE_LABEL) == "init",
+                   spec_hash=annotations.get(runtime.HASH_ANNOTATION, ""))
 
 
 @dataclass

@@ -314,3 +314,26 @@ def test_termination_message_from_the_file_or_the_log(tmp_path, fake_runtime):
             logs = h.container_state("logs")["state"]["terminated"]
             assert logs["message"] == "first\nit broke" and logs["exitCode"] == 3
     run(main())
+
+
+def test_a_changed_image_restarts_the_container(tmp_path, fake_runtime):
+    async def main():
+        async with Harness(tmp_path, fake_runtime) as h:
+            fake_runtime.add_image("busybox:1.37")
+            pod = make_pod()
+            h.workers.update(pod)
+            await wait_for(lambda: fake_runtime.running("app"))
+            first = fake_runtime.running("app")[0]
+            h.workers.wake("uid-1")
+            await asyncio.sleep(0.1)
+            assert fake_runtime.running("app") == [first]       # same spec: left alone
+            changed = make_pod(containers=[{"name": "app", "image": "busybox:1.37",
+                                            "imagePullPolicy": "IfNotPresent"}])
+            h.workers.update(changed)
+            await wait_for(lambda: fake_runtime.running("app")
+                           and fake_runtime.running("app")[0] != first)
+            config = fake_runtime.containers[fake_runtime.running("app")[0]]["config"]
+            assert config.image.user_specified_image == "busybox:1.37"
+            assert "Container app definition changed, will be restarted" in \
+                [m for _, r, m in h.recorder.events if r == "Killing"]
+    run(main())
