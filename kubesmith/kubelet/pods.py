@@ -267,6 +267,9 @@ class PodWorkers:
         self.image_backoff = Backoff()
         self._exited: dict[str, ContainerRecord] = {}   # container id -> final record
         self._pull_failures: dict[tuple[str, str], float] = {}  # (uid, image) -> when
+        # Pods finished for good whose API object is still there (finalizers hold it):
+        # their updates are not work any more.
+        self._finished: set[str] = set()
         self._stopping = False
         self.counts = {"syncs": 0, "containers_started": 0, "sandboxes_started": 0,
                        "pods_finished": 0}
@@ -276,7 +279,7 @@ class PodWorkers:
     def update(self, pod: Obj) -> None:
         """The newest version of a pod this node runs."""
         uid = _meta(pod).get("uid", "")
-        if not uid or self._stopping:
+        if not uid or self._stopping or uid in self._finished:
             return
         state = self.pods.get(uid)
         if state is None:
@@ -296,6 +299,7 @@ class PodWorkers:
     def forget(self, uid: str) -> None:
         """The pod is gone from the API server: stop whatever still runs of it (no
         final delete is needed)."""
+        self._finished.discard(uid)
         state = self.pods.get(uid)
         if state is None or state.done:
             return
@@ -341,6 +345,8 @@ class PodWorkers:
                 pass
         # A finished pod's worker leaves; a pod with this uid never comes back.
         self.pods.pop(uid, None)
+        if not state.gone and not is_static(state.pod):
+            self._finished.add(uid)     # static pods: the same manifest may come back
 
     # --- one sync ---------------------------------------------------------------------
 
