@@ -27,7 +27,8 @@ from aiohttp import web
 from kubesmith.apiserver.main import setup_logging
 from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import DeletedFinalStateUnknown, InformerFactory
-from kubesmith.client.rest import ApiClient
+from kubesmith.client.rest import ApiClient, ApiError
+from kubesmith.cri.client import RuntimeError_
 from kubesmith.kubelet import runtime as cri_config
 from kubesmith.kubelet.config import ConfigError, KubeletOptions, parse_args
 from kubesmith.kubelet.node import NodeAgent, memory_capacity
@@ -276,12 +277,26 @@ class Kubelet:
 
     # --- start and stop ---------------------------------------------------------------
 
+    async def _until_done(self, what: str, attempt: Callable) -> Any:
+        """Retry `attempt()` with a growing pause (1 s to 10 s) until it succeeds: the
+        runtime or the API server may come up after the kubelet, as upstream's kubelet
+        keeps trying to register."""
+        pause = 1.0
+        while True:
+            try:
+                return await attempt()
+            except (ApiError, ConnectionError, RuntimeError_, asyncio.TimeoutError) as exc:
+                log.warning("%s failed (retrying in %.0fs): %s", what, pause, exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
     async def start(self) -> None:
-        await self.runtime.wait_ready(RUNTIME_WAIT)
+        await self._until_done("waiting for the container runtime",
+                               lambda: self.runtime.wait_ready(RUNTIME_WAIT))
         os.makedirs(os.path.join(self.options.root_dir, "pods"), exist_ok=True)
-        node = await self.node.register()
+        node = await self._until_done("registering the node", self.node.register)
         self.volumes.node_allocatable = (node.get("status") or {}).get("allocatable")
-        await self.node.renew_lease()
+        await self._until_done("creating the node Lease", self.node.renew_lease)
         self.node.start()
         self.status.start()
         self.pods_informer.add_event_handler(
