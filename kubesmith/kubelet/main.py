@@ -70,7 +70,8 @@ class Kubelet:
         self.pods_informer = self.informers.informer(
             "v1 pods", field_selector=f"spec.nodeName={self.node_name}")
         self.services_informer = self.informers.informer("v1 services")
-        self.node = NodeAgent(client, runtime, options, on_pod_cidr=self._pod_cidr)
+        self.node = NodeAgent(client, runtime, options, on_pod_cidr=self._pod_cidr,
+                              recorder=self.recorder)
         self.status = StatusManager(client)
         if volumes is None:
             from kubesmith.kubelet.volumes import VolumeManager

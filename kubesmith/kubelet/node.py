@@ -180,6 +180,36 @@ def node_conditions(now: str, previous: list[Obj], problems: list[str]) -> list[
     return out
 
 
+# The event upstream's kubelet records when a condition takes a status.
+_CONDITION_EVENTS = {("MemoryPressure", "False"): "NodeHasSufficientMemory",
+                     ("MemoryPressure", "True"): "NodeHasInsufficientMemory",
+                     ("DiskPressure", "False"): "NodeHasNoDiskPressure",
+                     ("DiskPressure", "True"): "NodeHasDiskPressure",
+                     ("PIDPressure", "False"): "NodeHasSufficientPID",
+                     ("PIDPressure", "True"): "NodeHasInsufficientPID",
+                     ("Ready", "True"): "NodeReady", ("Ready", "False"): "NodeNotReady"}
+MAX_NODE_IMAGES = 50     # upstream's nodeStatusMaxImages
+
+
+def condition_events(previous: list[Obj], conditions: list[Obj]) -> list[str]:
+    """The events (reasons) of the conditions whose status is new."""
+    before = {c.get("type"): c.get("status") for c in previous or []}
+    return [_CONDITION_EVENTS[(c["type"], c["status"])] for c in conditions
+            if before.get(c["type"]) != c["status"]
+            and (c["type"], c["status"]) in _CONDITION_EVENTS]
+
+
+def node_images(images: list[Any]) -> list[Obj]:
+    """status.images from the runtime's images: largest first, at most 50, each with
+    its tags and digests as names."""
+    out = []
+    for image in sorted(images, key=lambda i: i.size, reverse=True)[:MAX_NODE_IMAGES]:
+        names = list(image.repo_digests) + list(image.repo_tags)
+        if names:
+            out.append({"names": names, "sizeBytes": int(image.size)})
+    return out
+
+
 def _without_heartbeats(status: Obj) -> Obj:
     out = copy.deepcopy(status)
     for condition in out.get("conditions") or []:
@@ -192,7 +222,8 @@ class NodeAgent:
 
     def __init__(self, client: ApiClient, runtime: Any, options: KubeletOptions, *,
                  on_pod_cidr: Callable[[str], Any] | None = None,
-                 ready_checks: list[Callable[[], str | None]] | None = None):
+                 ready_checks: list[Callable[[], str | None]] | None = None,
+                 recorder: Any = None):
         self.client = client
         self.runtime = runtime
         self.options = options
@@ -206,6 +237,7 @@ class NodeAgent:
         self.runtime_version = ""
         self.on_pod_cidr = on_pod_cidr
         self.ready_checks = ready_checks or []
+        self.recorder = recorder        # an EventRecorder for the Node's events, or None
         self._last_report = 0.0
         self._last_status: Obj | None = None
         self._tasks: list[asyncio.Task] = []
@@ -242,6 +274,13 @@ class NodeAgent:
         addresses.append({"type": "Hostname", "address": self.name})
         return addresses
 
+    async def _images(self) -> list[Obj]:
+        try:
+            return node_images(await self.runtime.list_images())
+        except Exception as exc:    # the images are a hint for the scheduler only
+            log.debug("listing images: %s", exc)
+            return []
+
     async def status(self, previous: list[Obj] | None = None) -> Obj:
         capacity = node_capacity(self.config.max_pods, self.options.root_dir)
         return {"capacity": capacity, "allocatable": dict(capacity),
@@ -249,11 +288,24 @@ class NodeAgent:
                                               await self._problems()),
                 "addresses": self.addresses(),
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": self.config.port}},
-                "nodeInfo": node_info(await self._runtime_version())}
+                "nodeInfo": node_info(await self._runtime_version()),
+                "images": await self._images()}
+
+    def _event(self, event_type: str, reason: str, message: str) -> None:
+        if self.recorder is not None:
+            # Upstream refers to its Node by name, with the name as the uid.
+            ref = {"kind": "Node", "apiVersion": "v1",
+                   "metadata": {"name": self.name, "uid": self.name}}
+            self.recorder.emit(ref, event_type, reason, message)
+
+    def _condition_events(self, previous: list[Obj], conditions: list[Obj]) -> None:
+        for reason in condition_events(previous, conditions):
+            self._event("Normal", reason, f"Node {self.name} status is now: {reason}")
 
     # --- registration -----------------------------------------------------------------
 
     async def register(self) -> Obj:
+        self._event("Normal", "Starting", "Starting kubelet.")
         status = await self.status()
         labels = node_labels(self.name, self.config.node_labels)
         manifest = {"apiVersion": "v1", "kind": "Node",
@@ -266,6 +318,7 @@ class NodeAgent:
             manifest["spec"]["taints"] = copy.deepcopy(self.config.register_with_taints)
         if self.config.provider_id:
             manifest["spec"]["providerID"] = self.config.provider_id
+        previous: list[Obj] = []        # the conditions of a Node registered before
         try:
             node = await self.client.create("v1 nodes", manifest)
             log.info("registered node %s", self.name)
@@ -281,6 +334,7 @@ class NodeAgent:
             node = await self.client.patch("v1 nodes", self.name, {"status": status},
                                            patch_type="strategic", subresource="status")
             log.info("node %s was registered already: adopted", self.name)
+        self._condition_events(previous, status["conditions"])
         self._last_status = status
         self._last_report = time.monotonic()
         self._observe(node)
@@ -398,6 +452,8 @@ class NodeAgent:
             return False
         node = await self.client.patch("v1 nodes", self.name, {"status": status},
                                        patch_type="strategic", subresource="status")
+        self._condition_events((self._last_status or {}).get("conditions") or previous,
+                               status["conditions"])
         self._observe(node)
         self._last_status = status
         self._last_report = time.monotonic()

@@ -210,6 +210,10 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
             cluster, f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}"),
             15, kubelet.log_tail)
         assert lease["spec"]["holderIdentity"] == node
+        assert any(image["names"] for image in status.get("images") or [])
+        events = cluster.request("GET", "/api/v1/namespaces/default/events").json()["items"]
+        reasons = {e["reason"] for e in events if e["involvedObject"].get("name") == node}
+        assert {"Starting", "NodeNotReady"} <= reasons, reasons
 
         # A host-network pod runs (no CNI needed) and reports Running.
         pod = {"apiVersion": "v1", "kind": "Pod",

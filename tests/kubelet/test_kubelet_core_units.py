@@ -536,3 +536,18 @@ def test_static_pods_from_a_folder(tmp_path):
     assert mirror["metadata"]["ownerReferences"][0] == {
         "apiVersion": "v1", "kind": "Node", "name": "Node-1", "uid": "node-uid",
         "controller": True}
+
+
+def test_node_events_and_images():
+    from kubesmith.kubelet.node import condition_events, node_images
+    first = node_conditions("t0", [], ["network down"])
+    assert condition_events([], first) == ["NodeHasSufficientMemory", "NodeHasNoDiskPressure",
+                                           "NodeHasSufficientPID", "NodeNotReady"]
+    later = node_conditions("t1", first, [])
+    assert condition_events(first, later) == ["NodeReady"]
+    assert condition_events(later, node_conditions("t2", later, [])) == []
+    images = [api.Image(id="a", repo_tags=["small:1"], size=10),
+              api.Image(id="b", repo_tags=["big:1"], repo_digests=["big@sha256:x"], size=99),
+              api.Image(id="c", size=5)]
+    assert node_images(images) == [{"names": ["big@sha256:x", "big:1"], "sizeBytes": 99},
+                                   {"names": ["small:1"], "sizeBytes": 10}]
