@@ -97,6 +97,15 @@ STREAM_PROTOCOLS = {V5: V4, V4: V4, "v4.base64.channel.k8s.io": "v4.base64.chann
                     "channel.k8s.io": "channel.k8s.io",
                     "base64.channel.k8s.io": "base64.channel.k8s.io"}
 CLOSE_CHANNEL = 255              # v5: "255 <channel>" closes that channel
+# Port forwarding over WebSocket: SPDY tunnelled in binary messages (kubectl 1.31+), or
+# the older channel protocols the runtime speaks itself.
+SPDY_TUNNEL = "SPDY/3.1+portforward.k8s.io"
+PORT_FORWARD_PROTOCOLS = {SPDY_TUNNEL, "portforward.k8s.io", "v4.channel.k8s.io",
+                          "v4.base64.channel.k8s.io"}
+# Not passed on to the runtime: hop-by-hop framing and the caller's credentials.
+UNRELAYED_HEADERS = {"host", "authorization", "content-length", "transfer-encoding",
+                     "proxy-authorization"}
+MAX_ERROR_BODY = 64 * 1024
 LONG_RUNNING = {"exec", "attach", "portForward", "containerLogs"}
 METRIC_BUCKETS = {"healthz", "pods", "stats", "metrics", "exec", "attach", "portForward",
                   "containerLogs", "runningpods", "logs", "configz", "checkpoint"}
@@ -185,6 +194,7 @@ class KubeletServer:
         return context
 
     async def start(self) -> None:
+        self._stopping = False
         app = web.Application(middlewares=[self._middleware],
                               handler_args={"max_field_size": 65536})
         routes = [web.get("/healthz", self._healthz),
@@ -198,6 +208,9 @@ class KubeletServer:
                 handler = self._exec if kind == "exec" else self._attach
                 routes.append(web.route("GET", f"/{kind}/{suffix}", handler))
                 routes.append(web.route("POST", f"/{kind}/{suffix}", handler))
+        for suffix in ("{namespace}/{pod}", "{namespace}/{pod}/{uid}"):
+            routes.append(web.route("GET", f"/portForward/{suffix}", self._port_forward))
+            routes.append(web.route("POST", f"/portForward/{suffix}", self._port_forward))
         app.add_routes(routes)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
@@ -541,18 +554,16 @@ class KubeletServer:
         if uid and (pod.get("metadata") or {}).get("uid") != uid:
             return _text(404, "pod not found")
 
-        upgrade = request.headers.get("Upgrade", "").lower()
-        if "upgrade" not in request.headers.get("Connection", "").lower() or not upgrade:
-            return _text(400, "Upgrade request required")
-        if upgrade != "websocket":
-            return _text(400, f"unable to upgrade: {request.headers.get('Upgrade')} is not "
-                         "supported by this kubelet; use WebSocket (kubectl 1.30 or newer)")
-        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
-                   .split(",") if p.strip()]
-        chosen = next((p for p in offered if p in STREAM_PROTOCOLS), None)
-        if chosen is None:
-            return _text(400, f"unable to upgrade: unable to negotiate protocol: client "
-                         f"supports {offered}, server supports {sorted(STREAM_PROTOCOLS)}")
+        upgrade = _upgrade_kind(request)
+        if isinstance(upgrade, web.Response):
+            return upgrade
+        chosen = None
+        if upgrade == "websocket":
+            offered = _offered_protocols(request)
+            chosen = next((p for p in offered if p in STREAM_PROTOCOLS), None)
+            if chosen is None:
+                return _text(400, f"unable to upgrade: unable to negotiate protocol: client "
+                             f"supports {offered}, server supports {sorted(STREAM_PROTOCOLS)}")
 
         running = [c for c in await self._attempts(pod, container)
                    if c.state == api.CONTAINER_RUNNING]
@@ -570,13 +581,65 @@ class KubeletServer:
             return _text(404, exc.detail)
         except RuntimeError_ as exc:
             return _text(500, exc.detail or str(exc))
+        if chosen is None:
+            return await self._relay_upgrade(request, url)
+        return await self._relay_websocket(request, url, chosen, STREAM_PROTOCOLS[chosen])
 
+    async def _port_forward(self, request: web.Request) -> web.StreamResponse:
+        namespace, pod_name = request.match_info["namespace"], request.match_info["pod"]
+        pod = self.get_pod(namespace, pod_name)
+        if pod is None:
+            return _text(404, "pod does not exist")
+        meta = pod.get("metadata") or {}
+        uid = request.match_info.get("uid")
+        if uid and meta.get("uid") != uid:
+            return _text(404, "pod not found")
+        upgrade = _upgrade_kind(request)
+        if isinstance(upgrade, web.Response):
+            return upgrade
+        chosen = None
+        if upgrade == "websocket":
+            offered = _offered_protocols(request)
+            chosen = next((p for p in offered if p in PORT_FORWARD_PROTOCOLS), None)
+            if chosen is None:
+                return _text(400, f"unable to upgrade: unable to negotiate protocol: client "
+                             f"supports {offered}, server supports "
+                             f"{sorted(PORT_FORWARD_PROTOCOLS)}")
+        try:
+            ports = [int(p) for value in request.query.getall("ports", [])
+                     for p in value.split(",") if p.strip()]
+        except ValueError:
+            return _text(400, "invalid port in ports")
+        selector = {POD_NAME: meta.get("name", ""), POD_NAMESPACE: meta.get("namespace", "")}
+        if meta.get("uid"):
+            selector[POD_UID] = meta["uid"]
+        sandboxes = await self.runtime.list_pod_sandbox(api.PodSandboxFilter(
+            label_selector=selector,
+            state=api.PodSandboxStateValue(state=api.SANDBOX_READY)))
+        if not sandboxes:
+            return _text(500, f'pod not found ("{pod_name}_{namespace}")')
+        newest = max(sandboxes, key=lambda sandbox: sandbox.created_at)
+        try:
+            url = await self.runtime.port_forward(newest.id, ports)
+        except NotFoundError as exc:
+            return _text(404, exc.detail)
+        except RuntimeError_ as exc:
+            return _text(500, exc.detail or str(exc))
+        if chosen is None:
+            return await self._relay_upgrade(request, url)
+        if chosen == SPDY_TUNNEL:
+            return await self._tunnel(request, url, chosen)
+        return await self._relay_websocket(request, url, chosen, chosen)
+
+    async def _relay_websocket(self, request: web.Request, url: str, chosen: str,
+                               backend_protocol: str) -> web.StreamResponse:
+        """The client's WebSocket carried message by message to one of the runtime's."""
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=STREAM_CONNECT_TIMEOUT))
         try:
             try:
                 backend = await asyncio.wait_for(session.ws_connect(
-                    _websocket_url(url), protocols=[STREAM_PROTOCOLS[chosen]],
+                    _websocket_url(url), protocols=[backend_protocol],
                     origin=_origin(url), max_msg_size=0, autoclose=False, autoping=True,
                     compress=0), STREAM_CONNECT_TIMEOUT)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
@@ -595,6 +658,169 @@ class KubeletServer:
             return socket
         finally:
             await session.close()
+
+    async def _relay_upgrade(self, request: web.Request, url: str) -> web.StreamResponse:
+        """A non-WebSocket upgrade (SPDY/3.1: kubectl before 1.30, port-forward) passed
+        to the runtime's streaming server as it came; after its 101 the bytes flow
+        untouched both ways, as upstream's kubelet proxies these."""
+        headers = [(name, value) for name, value in request.headers.items()
+                   if name.lower() not in UNRELAYED_HEADERS]
+        opened = await _open_upgrade(url, request.method, headers)
+        if isinstance(opened, web.Response):
+            return opened
+        reader, writer, answer_headers = opened
+        response = web.StreamResponse(status=101)
+        for name, value in answer_headers:
+            if name.lower() not in ("content-length", "transfer-encoding", "date", "server"):
+                response.headers.add(name, value)
+        protocol = request.protocol
+        protocol.keep_alive(False)
+        # From here on the client's bytes go to the runtime untouched.
+        protocol.set_parser(_ByteRelay(writer))
+        await response.prepare(request)
+        await response.write(b"")     # the 101 now: both sides wait for it
+        transport = request.transport
+        try:
+            while not self._stopping:
+                chunk = await reader.read(65536)
+                if not chunk or transport is None or transport.is_closing():
+                    break
+                await response.write(chunk)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            if transport is not None:
+                transport.close()
+        return response
+
+    async def _tunnel(self, request: web.Request, url: str, chosen: str) -> web.StreamResponse:
+        """Port forwarding tunnelled in WebSocket (kubectl 1.31+): the client speaks SPDY
+        inside binary messages, so the runtime gets a SPDY upgrade of its own and the
+        messages' bytes are its connection's bytes."""
+        opened = await _open_upgrade(url, "POST", [
+            ("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "portforward.k8s.io")])
+        if isinstance(opened, web.Response):
+            return opened
+        reader, writer, _ = opened
+        socket = web.WebSocketResponse(protocols=[chosen], max_msg_size=0, autoclose=False,
+                                       compress=False)
+        await socket.prepare(request)
+        self._sockets.add(socket)
+
+        async def client_to_backend() -> None:
+            async for message in socket:
+                if message.type != WSMsgType.BINARY:
+                    break
+                writer.write(message.data)
+                await writer.drain()
+
+        async def backend_to_client() -> None:
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                await socket.send_bytes(chunk)
+
+        upstream = asyncio.ensure_future(client_to_backend())
+        downstream = asyncio.ensure_future(backend_to_client())
+        try:
+            await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (upstream, downstream):
+                task.cancel()
+            await asyncio.gather(upstream, downstream, return_exceptions=True)
+            self._sockets.discard(socket)
+            writer.close()
+            if not socket.closed:
+                await socket.close()
+        return socket
+
+
+class _ByteRelay:
+    """Takes the place of aiohttp's HTTP parser after an upgrade: the client's bytes
+    go to the runtime's connection as they arrive."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+
+    def feed_data(self, data: bytes):
+        if not self.writer.is_closing():
+            self.writer.write(data)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        if not self.writer.is_closing():
+            try:
+                self.writer.write_eof()
+            except (OSError, RuntimeError):
+                self.writer.close()
+
+
+def _upgrade_kind(request: web.Request) -> str | web.Response:
+    """"websocket" or "spdy/3.1" for an upgrade request; an error answer otherwise."""
+    upgrade = request.headers.get("Upgrade", "").strip().lower()
+    if "upgrade" not in request.headers.get("Connection", "").lower() or not upgrade:
+        return _text(400, "Upgrade request required")
+    if upgrade != "websocket" and not upgrade.startswith("spdy/"):
+        return _text(400, f"unable to upgrade: {request.headers.get('Upgrade')} is not "
+                     "supported (WebSocket or SPDY/3.1)")
+    return upgrade
+
+
+def _offered_protocols(request: web.Request) -> list[str]:
+    return [p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", [])
+            for p in value.split(",") if p.strip()]
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:
+    raw = await reader.readuntil(b"\r\n\r\n")
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise ValueError(f"bad status line {lines[0]!r}")
+    headers = []
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers.append((name.strip(), value.strip()))
+    return int(parts[1]), headers
+
+
+async def _open_upgrade(url: str, method: str, headers: list[tuple[str, str]]):
+    """Sends an upgrade request to the runtime's streaming server. (reader, writer, the
+    answer's headers) once it answers 101; otherwise its answer, to pass on."""
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+            ssl=parts.scheme == "https" or None), STREAM_CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as exc:
+        return _text(500, f"error dialing backend: {exc or 'timed out'}")
+    try:
+        head = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc}"]
+        head += [f"{name}: {value}" for name, value in headers]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        await writer.drain()
+        status, answer = await asyncio.wait_for(_read_head(reader), STREAM_CONNECT_TIMEOUT)
+        if status == 101:
+            return reader, writer, answer
+        length = next((int(v) for k, v in answer if k.lower() == "content-length"
+                       and v.isdigit()), None)
+        body = await asyncio.wait_for(
+            reader.readexactly(min(length, MAX_ERROR_BODY)) if length is not None
+            else reader.read(MAX_ERROR_BODY), STREAM_CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError) as exc:
+        writer.close()
+        return _text(500, f"error upgrading connection: {exc or 'timed out'}")
+    writer.close()
+    response = web.Response(status=status, body=body)
+    response.headers["Content-Type"] = next(
+        (v for k, v in answer if k.lower() == "content-type"), "text/plain")
+    return response
 
 
 async def _relay(client: web.WebSocketResponse, backend: aiohttp.ClientWebSocketResponse,

@@ -458,8 +458,8 @@ def test_exec_refusals(pki, tmp_path):
             url = k.base + "/exec/default/{}/app?command=ls&stdout=1"
             assert await get(s, url.format("web")) == (400, "Upgrade request required")
             status, text = await get(s, url.format("web"), headers=dict(
-                ws_headers, Upgrade="SPDY/3.1", **{"Sec-WebSocket-Protocol": ""}))
-            assert status == 400 and "SPDY/3.1" in text
+                ws_headers, Upgrade="h2c", **{"Sec-WebSocket-Protocol": ""}))
+            assert status == 400 and "h2c is not supported" in text
             assert await get(s, url.format("missing"), headers=ws_headers) == (
                 404, "pod does not exist")
             assert await get(s, url.format("idle"), headers=ws_headers) == (
@@ -470,6 +470,126 @@ def test_exec_refusals(pki, tmp_path):
             status, text = await get(s, url.format("web"), headers=dict(
                 ws_headers, **{"Sec-WebSocket-Protocol": "v9.nonsense"}))
             assert status == 400 and "unable to negotiate protocol" in text
+    run(pki, tmp_path, body)
+
+
+class RawUpgradeServer:
+    """A stand-in for the streaming server's SPDY side: answers an upgrade with 101 and
+    then echoes the connection's bytes upper-cased; refuses paths under /refuse."""
+
+    def __init__(self):
+        self.requests: list[bytes] = []
+        self.server = None
+        self.url = ""
+
+    async def handle(self, reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(head)
+        if b" /refuse" in head.split(b"\r\n", 1)[0]:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 7\r\n\r\nno such")
+            await writer.drain()
+            writer.close()
+            return
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+        await writer.drain()
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                break
+            writer.write(data.upper())
+            await writer.drain()
+        writer.close()
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/exec/token1"
+
+    async def stop(self):
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def raw_upgrade(k: Kubelet, path: str, headers: str) -> tuple[bytes, object, object]:
+    """Sends an upgrade request over TLS with the admin certificate: (answer head so
+    far, reader, writer)."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", k.server.bound_port, ssl=client_context(k.pki, cn="admin"))
+    writer.write((f"POST {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n").encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    return head, reader, writer
+
+
+def test_spdy_upgrades_are_relayed_byte_for_byte(pki, tmp_path):
+    async def body(k: Kubelet):
+        backend = RawUpgradeServer()
+        await backend.start()
+        try:
+            k.runtime.stream_url = backend.url
+            k.api.allowed.add(("admin", "create", "proxy"))
+            k.add_pod()
+            k.runtime.add("c1", "web", "app", 0, api.CONTAINER_RUNNING, "")
+            head, reader, writer = await raw_upgrade(
+                k, "/exec/default/web/app?command=sh&stdin=true&stdout=true",
+                "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                "X-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+                "X-Stream-Protocol-Version: channel.k8s.io\r\n"
+                "Authorization: Bearer secret\r\n")
+            assert head.startswith(b"HTTP/1.1 101"), head
+            assert b"x-stream-protocol-version: v4.channel.k8s.io" in head.lower()
+            writer.write(b"\x80\x03\x00\x01spdy-frame")
+            await writer.drain()
+            echoed = b""
+            while len(echoed) < 14:
+                echoed += await asyncio.wait_for(reader.read(100), 5)
+            assert echoed == b"\x80\x03\x00\x01SPDY-FRAME"
+            writer.close()
+            [sent] = backend.requests
+            assert sent.startswith(b"POST /exec/token1 HTTP/1.1\r\n")
+            assert sent.count(b"X-Stream-Protocol-Version") == 2
+            # The caller's credentials stay here.
+            assert b"secret" not in sent
+            # A refusal of the runtime's goes back as it is.
+            k.runtime.stream_url = backend.url.replace("/exec/", "/refuse/")
+            head, reader, writer = await raw_upgrade(
+                k, "/exec/default/web/app?command=sh&stdout=true",
+                "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n")
+            assert head.startswith(b"HTTP/1.1 404"), head
+            writer.close()
+        finally:
+            await backend.stop()
+    run(pki, tmp_path, body)
+
+
+def test_port_forward_tunnelled_in_websocket(pki, tmp_path):
+    async def body(k: Kubelet):
+        backend = RawUpgradeServer()
+        await backend.start()
+        try:
+            k.api.allowed.add(("admin", "get", "proxy"))
+            k.add_pod()
+            ports = []
+
+            async def port_forward(sandbox_id, wanted):
+                ports.append((sandbox_id, wanted))
+                return backend.url.replace("/exec/", "/portforward/")
+            k.runtime.port_forward = port_forward
+            async with k.session() as s:
+                url = k.base + "/portForward/default/web"
+                async with s.ws_connect(url, protocols=["SPDY/3.1+portforward.k8s.io"]) as ws:
+                    assert ws.protocol == "SPDY/3.1+portforward.k8s.io"
+                    await ws.send_bytes(b"spdy inside")
+                    assert await ws.receive_bytes(timeout=5) == b"SPDY INSIDE"
+                status, text = await get(s, k.base + "/portForward/default/missing")
+                assert (status, text) == (404, "pod does not exist")
+            assert ports == [("sb1", [])]
+            [sent] = backend.requests
+            assert b"Upgrade: SPDY/3.1" in sent
+            assert b"X-Stream-Protocol-Version: portforward.k8s.io" in sent
+        finally:
+            await backend.stop()
     run(pki, tmp_path, body)
 
 
@@ -724,6 +844,7 @@ def test_real_through_the_api_server_with_kubectl(pki, tmp_path, containerd, clu
     """kubectl logs and exec go API server -> this server (authorized by a real
     SubjectAccessReview for the API server's kubelet-client certificate) -> containerd."""
     from kubesmith.client.rest import ApiClient
+    from kubesmith.store.testing import free_port
     from tests.e2e.kubectl_versions import kubectl_builds
     namespace = cluster.new_namespace("kubelet-server-", default_service_account=True)
     node = NODE
@@ -748,7 +869,12 @@ def test_real_through_the_api_server_with_kubectl(pki, tmp_path, containerd, clu
                     {"name": "app", "image": "kubesmith.local/busybox:latest"}]}}, namespace)
             uid = created["metadata"]["uid"]
             k.pods[(namespace, "web")] = created
-            script = "echo hello from the pod; while :; do sleep 1; done"
+            # kubectl port-forward wants a running pod.
+            await admin.patch("v1 pods", "web", {"status": {"phase": "Running"}}, namespace,
+                              subresource="status", patch_type="merge")
+            http_port = free_port()
+            script = (f"httpd -p 127.0.0.1:{http_port} -h /etc; echo hello from the pod; "
+                      "while :; do sleep 1; done")
             async with containerd.client() as runtime:
                 k.server.runtime = runtime
                 async with RealPod(runtime, containerd.cgroup_parent(), tmp_path, script,
@@ -762,20 +888,47 @@ def test_real_through_the_api_server_with_kubectl(pki, tmp_path, containerd, clu
                         code, out, err = await kubectl(cluster, "logs", "-n", namespace,
                                                        "web", "--tail=1", binary=binary)
                         assert (code, out) == (0, "hello from the pod\n"), (version, err)
-                    websocket = {v: b for v, b in builds.items() if v != "default"
-                                 and tuple(map(int, v.split("."))) >= (1, 30)}
-                    for version, binary in sorted(websocket.items()):
+                    # Every kubectl: WebSocket from 1.30, SPDY (relayed as is) before.
+                    for version, binary in sorted(builds.items()):
                         code, out, err = await kubectl(cluster, "exec", "-n", namespace,
                                                        "web", "--", "echo", "hi",
                                                        binary=binary)
                         assert (code, out) == (0, "hi\n"), (version, err)
-                    if websocket:
-                        newest = websocket[max(websocket, key=lambda v: tuple(
-                            map(int, v.split("."))))]
-                        code, out, err = await kubectl(cluster, "exec", "-n", namespace,
-                                                       "web", "--", "sh", "-c", "exit 7",
-                                                       binary=newest)
-                        assert code == 7, (out, err)
+                    code, out, err = await kubectl(cluster, "exec", "-n", namespace, "web",
+                                                   "--", "sh", "-c", "exit 7")
+                    assert code == 7, (out, err)
+                    # SPDY carries stdin's end: a piped `cat` finishes.
+                    spdy = [b for v, b in builds.items() if v != "default"
+                            and tuple(map(int, v.split("."))) < (1, 30)]
+                    if spdy:
+                        code, out, err = await kubectl(cluster, "exec", "-i", "-n",
+                                                       namespace, "web", "--", "cat",
+                                                       binary=spdy[0], stdin=b"piped\n")
+                        assert (code, out) == (0, "piped\n"), err
+                    # port-forward to busybox httpd in the (host-network) pod: SPDY from
+                    # the oldest kubectl, SPDY tunnelled in WebSocket from the newest.
+                    versions = sorted((v for v in builds if v != "default"),
+                                      key=lambda v: tuple(map(int, v.split("."))))
+                    for version in {versions[0], versions[-1]} if versions else {"default"}:
+                        local = free_port()
+                        forward = await asyncio.create_subprocess_exec(
+                            builds[version], "port-forward", "-n", namespace, "pod/web",
+                            f"{local}:{http_port}", env=dict(
+                                os.environ, HOME=str(cluster.home),
+                                KUBECONFIG=str(cluster.kubeconfig)),
+                            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                        try:
+                            first = await asyncio.wait_for(forward.stdout.readline(), 15)
+                            assert first.startswith(b"Forwarding from"), (
+                                version, first, await forward.stderr.read(2000))
+                            async with aiohttp.ClientSession() as plain:
+                                url = f"http://127.0.0.1:{local}/passwd"
+                                async with plain.get(url) as r:
+                                    assert r.status == 200, version
+                                    assert "root:x:0:0" in await r.text()
+                        finally:
+                            forward.terminate()
+                            await forward.wait()
             # A service account's token: authenticated by TokenReview, then denied.
             token = (await admin.create("v1 serviceaccounts", {
                 "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
