@@ -108,15 +108,17 @@ class Kubelet:
         self._cleaning: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self.server = None
+        extra: dict[str, Any] = {}
         if server_factory is None and self.config.enable_server:
             from kubesmith.kubelet.server import KubeletServer
             server_factory = KubeletServer
+            extra = {"list_pods": self.list_pods, "root_dir": options.root_dir}
         if server_factory is not None:
             self.server = server_factory(
                 address=self.config.address, port=self.config.port,
                 cert_file=self.config.tls_cert_file, key_file=self.config.tls_private_key_file,
                 client_ca_file=self.config.client_ca_file, client=client, runtime=runtime,
-                node_name=self.node_name, get_pod=self.get_pod)
+                node_name=self.node_name, get_pod=self.get_pod, **extra)
         if log_rotator is None:
             from kubesmith.kubelet.logs import LogRotator
             log_rotator = LogRotator(runtime, self.config.container_log_max_size,
@@ -149,6 +151,11 @@ class Kubelet:
         if pod is not None and not is_mirror_pod(pod):
             return pod
         return None
+
+    def list_pods(self) -> list[Obj]:
+        """Every pod this kubelet runs (the kubelet's /pods)."""
+        pods = [pod for pod in self.pods_informer.lister.list() if not is_mirror_pod(pod)]
+        return pods + list(self.static_pods.values())
 
     def _mirror_of(self, pod: Obj) -> Obj | None:
         meta = _meta(pod)
