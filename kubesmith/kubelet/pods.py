@@ -339,8 +339,9 @@ class PodWorkers:
             if state.done:
                 break
             try:
-                await asyncio.wait_for(state.wake.wait(),
-                                       timeout=delay if delay else self.deps.sync_frequency)
+                # At least every syncFrequency (volume refreshes ride on it).
+                await asyncio.wait_for(state.wake.wait(), timeout=min(
+                    delay or self.deps.sync_frequency, self.deps.sync_frequency))
             except asyncio.TimeoutError:
                 pass
         # A finished pod's worker leaves; a pod with this uid never comes back.
