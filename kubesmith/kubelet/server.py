@@ -26,8 +26,9 @@ Paths served:
   /pods                           the node's pods as a PodList (when the kubelet gives
                                   a `list_pods`)
   /containerLogs/<ns>/<pod>/<c>   a container's log (logs.py), with PodLogOptions
-  /exec/<ns>/<pod>[/<uid>]/<c>    WebSocket exec and attach, relayed to the runtime's
-  /attach/<ns>/<pod>[/<uid>]/<c>  streaming server (below)
+  /exec/<ns>/<pod>[/<uid>]/<c>    exec and attach (WebSocket or SPDY), relayed to the
+  /attach/<ns>/<pod>[/<uid>]/<c>  runtime's streaming server (below)
+  /portForward/<ns>/<pod>[/<uid>] port forwarding, relayed the same way
 
 exec and attach: the API server passes the client's WebSocket upgrade through
 untouched. The subprotocol is chosen from what the client offers (v5.channel.k8s.io,
@@ -35,11 +36,17 @@ v4.channel.k8s.io, channel.k8s.io and their base64 forms), the runtime is asked 
 streaming URL (CRI Exec/Attach), and a WebSocket to that URL carries the channels both
 ways (0 stdin, 1 stdout, 2 stderr, 3 error/status, 4 resize), the final metav1 Status
 on channel 3 included. containerd's streaming server speaks the channel protocols up to
-v4, so a v5 client is relayed over v4; the one thing v5 adds, closing a channel
-(message 255 <channel>) to send stdin's EOF, has no v4 equivalent and is dropped: a
-command that waits for the end of its stdin (`kubectl exec -i ... -- cat` fed by a
-pipe) therefore does not see it. SPDY upgrades are refused (kubectl 1.30+ uses
-WebSocket).
+v4, so a v5 client is relayed over v4. The one thing v5 adds, closing a channel
+(message 255 <channel>) to send the end of stdin, has no v4 form; so a v5 request with
+stdin is refused (400) and kubectl, as it does with any server that refuses the
+WebSocket upgrade, falls back to SPDY/3.1, where the end of stdin is a stream's close.
+SPDY upgrades (that fallback, and kubectl before 1.30) are relayed to the runtime byte
+for byte, as upstream's kubelet proxies them.
+
+/portForward/<ns>/<pod>[/<uid>] is relayed the same way: SPDY byte for byte, SPDY
+tunnelled in WebSocket ("SPDY/3.1+portforward.k8s.io", kubectl 1.31+) unwrapped onto a
+SPDY connection to the runtime, the older WebSocket port-forward protocols message by
+message.
 """
 from __future__ import annotations
 
@@ -564,6 +571,11 @@ class KubeletServer:
             if chosen is None:
                 return _text(400, f"unable to upgrade: unable to negotiate protocol: client "
                              f"supports {offered}, server supports {sorted(STREAM_PROTOCOLS)}")
+            if chosen == V5 and stdin:
+                # The runtime's WebSocket (v4) cannot carry the end of stdin; refusing
+                # the upgrade makes kubectl fall back to SPDY, which can (see above).
+                return _text(400, "unable to upgrade: stdin over v5.channel.k8s.io is "
+                             "served over SPDY/3.1 by this kubelet")
 
         running = [c for c in await self._attempts(pod, container)
                    if c.state == api.CONTAINER_RUNNING]

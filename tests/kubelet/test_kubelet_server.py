@@ -424,13 +424,15 @@ def test_exec_is_relayed_to_the_streaming_server(pki, tmp_path):
             url = (k.base + "/exec/default/web/app?command=sh&command=-c&command=cat"
                    "&stdin=true&stdout=true&stderr=true")
             async with k.session() as s:
-                async with s.ws_connect(url, protocols=["v5.channel.k8s.io",
-                                                        "v4.channel.k8s.io"]) as ws:
-                    assert ws.protocol == "v5.channel.k8s.io"
+                # v5 with stdin is refused: kubectl then falls back to SPDY.
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await s.ws_connect(url, protocols=["v5.channel.k8s.io"])
+                assert refused.value.status == 400
+                async with s.ws_connect(url, protocols=["v4.channel.k8s.io"]) as ws:
+                    assert ws.protocol == "v4.channel.k8s.io"
                     assert (await ws.receive_bytes(timeout=5)) == b"\x01ready\n"
                     await ws.send_bytes(b"\x00hello\n")
                     assert (await ws.receive_bytes(timeout=5)) == b"\x01HELLO\n"
-                    await ws.send_bytes(b"\xff\x00")        # v5 close of stdin: dropped
                     await ws.send_bytes(b"\x00exit\n")
                     status = await ws.receive_bytes(timeout=5)
                     assert status[0] == 3
@@ -438,7 +440,6 @@ def test_exec_is_relayed_to_the_streaming_server(pki, tmp_path):
                     closing = await ws.receive(timeout=5)
                     assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
             assert streaming.protocols == ["v4.channel.k8s.io"]
-            assert b"\xff\x00" not in streaming.received
             assert k.runtime.exec_calls == [("c1", ["sh", "-c", "cat"], False, True, True, True)]
         finally:
             await streaming.stop()
@@ -719,10 +720,12 @@ async def wait_until(predicate, timeout: float = 10.0):
         await asyncio.sleep(0.05)
 
 
-async def exec_frames(session, url: str, send: list[bytes] = ()) -> tuple[str, dict[int, bytes]]:
-    """Runs one exec over WebSocket v5; (protocol, channel -> bytes received)."""
+async def exec_frames(session, url: str, send: list[bytes] = (),
+                      protocols=("v5.channel.k8s.io", "v4.channel.k8s.io")
+                      ) -> tuple[str, dict[int, bytes]]:
+    """Runs one exec over WebSocket; (protocol, channel -> bytes received)."""
     received: dict[int, bytes] = {}
-    async with session.ws_connect(url, protocols=["v5.channel.k8s.io", "v4.channel.k8s.io"],
+    async with session.ws_connect(url, protocols=list(protocols),
                                   timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws:
         for frame in send:
             await ws.send_bytes(frame)
@@ -771,7 +774,8 @@ def test_real_containerd_logs_exec_and_rotation(pki, tmp_path, containerd):
                     # stdin reaches the command (head ends after one line, no EOF needed).
                     stdin_url = (k.base + "/exec/default/web/app?stdin=1&stdout=1"
                                  "&command=head&command=-n1")
-                    protocol, frames = await exec_frames(s, stdin_url, [b"\x00hello\n"])
+                    protocol, frames = await exec_frames(s, stdin_url, [b"\x00hello\n"],
+                                                         protocols=["v4.channel.k8s.io"])
                     assert frames.get(1) == b"hello\n"
                     assert json.loads(frames[3])["status"] == "Success"
 
@@ -897,14 +901,13 @@ def test_real_through_the_api_server_with_kubectl(pki, tmp_path, containerd, clu
                     code, out, err = await kubectl(cluster, "exec", "-n", namespace, "web",
                                                    "--", "sh", "-c", "exit 7")
                     assert code == 7, (out, err)
-                    # SPDY carries stdin's end: a piped `cat` finishes.
-                    spdy = [b for v, b in builds.items() if v != "default"
-                            and tuple(map(int, v.split("."))) < (1, 30)]
-                    if spdy:
+                    # The end of a piped stdin reaches the command (SPDY carries it;
+                    # WebSocket clients fall back to SPDY for stdin).
+                    for version, binary in sorted(builds.items()):
                         code, out, err = await kubectl(cluster, "exec", "-i", "-n",
                                                        namespace, "web", "--", "cat",
-                                                       binary=spdy[0], stdin=b"piped\n")
-                        assert (code, out) == (0, "piped\n"), err
+                                                       binary=binary, stdin=b"piped\n")
+                        assert (code, out) == (0, "piped\n"), (version, err)
                     # port-forward to busybox httpd in the (host-network) pod: SPDY from
                     # the oldest kubectl, SPDY tunnelled in WebSocket from the newest.
                     versions = sorted((v for v in builds if v != "default"),
