@@ -444,18 +444,21 @@ class KubeletServer:
         by_id = {c.id: c for c in attempts}
         status = _container_status(pod, container)
         last = ((status.get("lastState") or {}).get("terminated") or {}) if status else {}
+        state = (status or {}).get("state") or {}
         if previous:
             wanted = _strip_runtime(last.get("containerID"))
             if wanted in by_id:
                 return wanted
-            if not status and len(attempts) > 1:
-                return attempts[1].id
-            if not status and attempts and attempts[0].state == api.CONTAINER_EXITED:
-                # No status yet to tell: an exited newest one is the last terminated.
-                return attempts[0].id
+            # The status read may lag behind the runtime: the attempts decide. An exited
+            # newest attempt that is to be restarted is the last terminated one; once
+            # the container is terminated for good, the one before it is.
+            if attempts:
+                if attempts[0].state == api.CONTAINER_EXITED and not state.get("terminated"):
+                    return attempts[0].id
+                if len(attempts) > 1:
+                    return attempts[1].id
             raise ValueError(f'previous terminated container "{container}" in pod "{name}" '
                              "not found")
-        state = (status or {}).get("state") or {}
         for key in ("running", "terminated"):
             wanted = _strip_runtime((state.get(key) or {}).get("containerID"))
             if wanted in by_id:

@@ -391,6 +391,27 @@ def test_previous_without_a_terminated_container(pki, tmp_path):
     run(pki, tmp_path, body)
 
 
+def test_previous_when_the_status_lags(pki, tmp_path):
+    """Without lastState in the status read, the runtime's attempts tell which one ended
+    last: the exited newest while it waits to restart, else the one before."""
+    async def body(k: Kubelet):
+        k.api.allowed.add(("admin", "get", "proxy"))
+        k.add_pod(status={"containerStatuses": [{"name": "app", "state": {"running": {}}}]})
+        k.runtime.add("c0", "web", "app", 0, api.CONTAINER_EXITED, k.write_log("c0.log", "0"))
+        url = k.base + "/containerLogs/default/web/app?previous=true"
+        async with k.session() as s:
+            assert await get(s, url) == (200, "0\n")       # crashed, back-off pending
+            k.runtime.add("c1", "web", "app", 1, api.CONTAINER_RUNNING,
+                          k.write_log("c1.log", "1"))
+            assert await get(s, url) == (200, "0\n")       # restarted: the one before
+            k.pods[("default", "web")]["status"]["containerStatuses"][0]["state"] = {
+                "terminated": {"containerID": "containerd://c1"}}
+            k.runtime.set_state("c1", api.CONTAINER_EXITED)
+            assert await get(s, url) == (200, "0\n")       # done for good
+            assert await get(s, url.replace("?previous=true", "")) == (200, "1\n")
+    run(pki, tmp_path, body)
+
+
 def test_follow_streams_until_the_container_exits(pki, tmp_path):
     async def body(k: Kubelet):
         k.api.allowed.add(("admin", "get", "proxy"))
