@@ -216,12 +216,18 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
         assert {"Starting", "NodeNotReady"} <= reasons, reasons
 
         # A host-network pod runs (no CNI needed) and reports Running.
+        hooks = tmp_path / "hooks"
+        hooks.mkdir()
         pod = {"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": "web", "namespace": namespace},
                "spec": {"nodeName": node, "hostNetwork": True,
                         "automountServiceAccountToken": False,
                         "terminationGracePeriodSeconds": 10,
+                        "volumes": [{"name": "hooks", "hostPath": {"path": str(hooks)}}],
                         "containers": [{
+                            "volumeMounts": [{"name": "hooks", "mountPath": "/hooks"}],
+                            "lifecycle": {"preStop": {"exec": {"command": [
+                                "sh", "-c", "echo bye from $(hostname) > /hooks/pre-stop"]}}},
                             "name": "app", "image": "kubesmith.local/busybox:latest",
                             "command": ["sh", "-c",
                                         "echo hello from $(POD_NAME); trap 'exit 0' TERM; "
@@ -289,6 +295,7 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
         assert answer.status == 200, answer.body
         _wait("the pod gone", lambda: cluster.request("GET", path).status == 404, 30,
               kubelet.log_tail)
+        assert (hooks / "pre-stop").read_text().startswith("bye from ")   # preStop ran
         containers, sandboxes = _runtime_leftovers(containerd, pod_uid)
         assert not containers and not sandboxes
         assert not (kubelet.root_dir / "pods" / pod_uid).exists()
