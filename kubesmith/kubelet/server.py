@@ -22,6 +22,8 @@ Paths served:
   /healthz                        "ok"
   /metrics                        Prometheus text: request counts, running pods and
                                   containers, process figures (`registry` takes more)
+  /metrics/resource               CPU and memory of node, pods and containers (what
+                                  metrics-server reads)
   /stats/summary                  the Summary API (stats.py)
   /pods                           the node's pods as a PodList (when the kubelet gives
                                   a `list_pods`)
@@ -72,7 +74,8 @@ from kubesmith.cri import api
 from kubesmith.cri.client import NotFoundError, RuntimeError_
 from kubesmith.kubelet import logs
 from kubesmith.kubelet.stats import (CONTAINER_NAME, DEFAULT_POD_LOG_DIR, DEFAULT_ROOT_DIR,
-                                     POD_NAME, POD_NAMESPACE, POD_UID, StatsProvider)
+                                     POD_NAME, POD_NAMESPACE, POD_UID, ResourceMetrics,
+                                     StatsProvider)
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +209,7 @@ class KubeletServer:
                               handler_args={"max_field_size": 65536})
         routes = [web.get("/healthz", self._healthz),
                   web.get("/metrics", self._metrics),
+                  web.get("/metrics/resource", self._resource_metrics),
                   web.get("/stats/summary", self._summary),
                   web.get("/containerLogs/{namespace}/{pod}/{container}", self._container_logs)]
         if self.list_pods is not None:
@@ -402,6 +406,15 @@ class KubeletServer:
         await self._refresh_runtime_metrics()
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _resource_metrics(self, request: web.Request) -> web.Response:
+        try:
+            metrics = ResourceMetrics(await self.stats.summary(only_cpu_and_memory=True))
+        except (RuntimeError_, OSError) as exc:
+            log.warning("resource metrics: %s", exc)
+            metrics = ResourceMetrics(None, error=True)
+        return web.Response(body=generate_latest(metrics),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _summary(self, request: web.Request) -> web.Response:
         only = _flag(request.query.get("only_cpu_and_memory"))

@@ -282,7 +282,7 @@ class StatsProvider:
     async def _pods(self, only_cpu_and_memory: bool) -> list[Obj]:
         sandboxes = await self.runtime.list_pod_sandbox(api.PodSandboxFilter(
             state=api.PodSandboxStateValue(state=api.SANDBOX_READY)))
-        running = {c.id for c in await self.runtime.list_containers(api.ContainerFilter(
+        running = {c.id: c for c in await self.runtime.list_containers(api.ContainerFilter(
             state=api.ContainerStateValue(state=api.CONTAINER_RUNNING)))}
         stats = [s for s in await self.runtime.list_container_stats()
                  if s.attributes.id in running]
@@ -300,7 +300,11 @@ class StatsProvider:
             containers = []
             for stat in by_uid.get(uid, []):
                 seen_keys.add(stat.attributes.id)
-                containers.append(self._container(stat, only_cpu_and_memory, meta, uid))
+                entry = self._container(stat, only_cpu_and_memory, meta, uid)
+                created = running[stat.attributes.id].created_at
+                if created:
+                    entry["startTime"] = rfc3339(created)
+                containers.append(entry)
             pod["containers"] = containers
             pod["cpu"] = _sum(containers, "cpu", ("usageNanoCores", "usageCoreNanoSeconds"))
             pod["memory"] = _sum(containers, "memory", (
@@ -416,6 +420,72 @@ class StatsProvider:
             used += volume.get("usedBytes", 0)
             inodes += volume.get("inodesUsed", 0)
         return {"time": rfc3339(), "usedBytes": used, "inodesUsed": inodes}
+
+
+def _seconds(text: str | None) -> float | None:
+    if not text:
+        return None
+    moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+class ResourceMetrics:
+    """/metrics/resource, what metrics-server reads (upstream's resource metrics): CPU
+    time and working set of the node, each pod and each container, from one summary.
+    An object with collect(), so prometheus_client.generate_latest can print it."""
+
+    def __init__(self, summary: Obj | None, error: bool = False):
+        self.summary = summary or {"node": {}, "pods": []}
+        self.error = error
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        node = self.summary.get("node") or {}
+        node_cpu = CounterMetricFamily("node_cpu_usage_seconds", "Cumulative cpu time "
+                                       "consumed by the node in core-seconds")
+        node_memory = GaugeMetricFamily("node_memory_working_set_bytes", "Current working "
+                                        "set of the node in bytes")
+        _add(node_cpu, [], node.get("cpu"), "usageCoreNanoSeconds", 1e-9)
+        _add(node_memory, [], node.get("memory"), "workingSetBytes")
+        labels = ["container", "pod", "namespace"]
+        container_cpu = CounterMetricFamily("container_cpu_usage_seconds", "Cumulative cpu "
+                                            "time consumed by the container in core-seconds",
+                                            labels=labels)
+        container_memory = GaugeMetricFamily("container_memory_working_set_bytes", "Current "
+                                             "working set of the container in bytes",
+                                             labels=labels)
+        container_start = GaugeMetricFamily("container_start_time_seconds", "Start time of "
+                                            "the container since unix epoch in seconds",
+                                            labels=labels)
+        pod_cpu = CounterMetricFamily("pod_cpu_usage_seconds", "Cumulative cpu time consumed "
+                                      "by the pod in core-seconds", labels=["pod", "namespace"])
+        pod_memory = GaugeMetricFamily("pod_memory_working_set_bytes", "Current working set "
+                                       "of the pod in bytes", labels=["pod", "namespace"])
+        for pod in self.summary.get("pods") or []:
+            ref = pod.get("podRef") or {}
+            pod_labels = [ref.get("name", ""), ref.get("namespace", "")]
+            _add(pod_cpu, pod_labels, pod.get("cpu"), "usageCoreNanoSeconds", 1e-9)
+            _add(pod_memory, pod_labels, pod.get("memory"), "workingSetBytes")
+            for container in pod.get("containers") or []:
+                names = [container.get("name", "")] + pod_labels
+                _add(container_cpu, names, container.get("cpu"), "usageCoreNanoSeconds",
+                     1e-9)
+                _add(container_memory, names, container.get("memory"), "workingSetBytes")
+                start = _seconds(container.get("startTime"))
+                if start is not None:
+                    container_start.add_metric(names, start)
+        scrape_error = GaugeMetricFamily("scrape_error", "1 if there was an error while "
+                                         "getting container metrics, 0 otherwise")
+        scrape_error.add_metric([], 1 if self.error else 0)
+        yield from (node_cpu, node_memory, container_cpu, container_memory, container_start,
+                    pod_cpu, pod_memory, scrape_error)
+
+
+def _add(family, labels: list[str], part: Obj | None, key: str, scale: float = 1) -> None:
+    """One sample from a summary part, stamped with the part's time (as upstream)."""
+    if not part or key not in part:
+        return
+    family.add_metric(labels, part[key] * scale, timestamp=_seconds(part.get("time")))
 
 
 def _sum(containers: list[Obj], part: str, keys: tuple[str, ...]) -> Obj:

@@ -645,6 +645,16 @@ def test_metrics_and_summary(pki, tmp_path):
             assert pod["memory"]["workingSetBytes"] == 4096
             status, text = await get(s, k.base + "/stats/summary?only_cpu_and_memory=true")
             assert "fs" not in json.loads(text)["node"]
+            status, text = await get(s, k.base + "/metrics/resource")
+            assert status == 200
+            samples = {line.rsplit(" ", 2)[0]: line for line in text.splitlines()
+                       if line and not line.startswith("#")}
+            labels = '{container="app",namespace="default",pod="web"}'
+            assert samples[f"container_memory_working_set_bytes{labels}"].split()[1] == "4096.0"
+            assert samples[f"container_cpu_usage_seconds_total{labels}"].split()[1] == "0.005"
+            assert 'pod_memory_working_set_bytes{namespace="default",pod="web"}' in samples
+            assert "node_cpu_usage_seconds_total" in samples
+            assert samples["scrape_error"] == "scrape_error 0.0"
     run(pki, tmp_path, body)
 
 
