@@ -671,6 +671,71 @@ def test_pods_list(pki, tmp_path):
     run(pki, tmp_path, body)
 
 
+def fake_proc(folder) -> str:
+    """A /proc with known figures."""
+    (folder / "net").mkdir(parents=True)
+    (folder / "sys" / "kernel").mkdir(parents=True)
+    (folder / "self").mkdir()
+    (folder / "stat").write_text("cpu  100 0 50 1000 20 0 0 0 0 0\ncpu0 100 0 50 1000 20 0 0 0 0 0\n"
+                                 "btime 1700000000\n")
+    (folder / "meminfo").write_text("MemTotal: 1000 kB\nMemFree: 200 kB\nInactive(file): 300 kB\n"
+                                    "Active(anon): 100 kB\nInactive(anon): 50 kB\n")
+    (folder / "vmstat").write_text("pgfault 7\npgmajfault 2\n")
+    (folder / "net" / "dev").write_text(
+        "Inter-|   Receive\n face |bytes packets\n"
+        "    lo: 5 1 0 0 0 0 0 0 5 1 0 0 0 0 0 0\n"
+        "  eth0: 100 2 3 0 0 0 0 0 200 4 5 0 0 0 0 0\n")
+    (folder / "net" / "route").write_text("Iface\tDestination\tGateway\neth0\t00000000\t0100000A\n")
+    (folder / "sys" / "kernel" / "pid_max").write_text("4096\n")
+    (folder / "loadavg").write_text("0.1 0.2 0.3 2/345 999\n")
+    (folder / "self" / "stat").write_text("1 (python (x)) S " + " ".join(["0"] * 10) + " 10 5 "
+                                          + " ".join(["0"] * 8) + " 25 0\n")
+    return str(folder)
+
+
+def test_node_figures_from_proc(tmp_path):
+    from kubesmith.kubelet import stats
+    proc = fake_proc(tmp_path / "proc")
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert stats.read_cpu(proc) == 150 * 1_000_000_000 // ticks     # idle and iowait left out
+    memory = stats.read_memory(proc)
+    assert memory == {"availableBytes": 500 * 1024, "usageBytes": 800 * 1024,
+                      "workingSetBytes": 500 * 1024, "rssBytes": 150 * 1024,
+                      "pageFaults": 7, "majorPageFaults": 2}
+    assert stats.read_network(proc) == [{"name": "eth0", "rxBytes": 100, "rxErrors": 3,
+                                         "txBytes": 200, "txErrors": 5}]
+    assert stats.default_interface(proc) == "eth0"
+    assert stats.read_rlimit(proc) == {"maxpid": 4096, "curproc": 345}
+    assert stats.read_self(proc) == (15 * 1_000_000_000 // ticks,
+                                     25 * os.sysconf("SC_PAGE_SIZE"))
+    provider = stats.StatsProvider(FakeRuntime(), NODE, root_dir=str(tmp_path), proc=proc)
+    node = provider._node(False)
+    assert node["startTime"] == "2023-11-14T22:13:20Z"
+    assert node["network"]["name"] == "eth0"
+    assert node["fs"]["capacityBytes"] > 0
+    # The CPU rate comes from two readings.
+    with open(os.path.join(proc, "stat"), "w") as out:
+        out.write("cpu  200 0 50 1000 20 0 0 0 0 0\nbtime 1700000000\n")
+    assert provider._node(True)["cpu"]["usageNanoCores"] > 0
+
+
+def test_emptydir_volumes_in_the_summary(tmp_path):
+    from kubesmith.kubelet import stats
+    volume = tmp_path / "pods" / UID / "volumes" / "kubernetes.io~empty-dir" / "cache"
+    volume.mkdir(parents=True)
+    (volume / "data").write_bytes(b"x" * 10000)
+    runtime = FakeRuntime()
+    runtime.add("c1", "web", "app", 0, api.CONTAINER_RUNNING, "")
+    provider = stats.StatsProvider(runtime, NODE, root_dir=str(tmp_path),
+                                   pod_log_dir=str(tmp_path / "logs"))
+    summary = asyncio.run(provider.summary())
+    [pod] = summary["pods"]
+    [entry] = pod["volume"]
+    assert entry["name"] == "cache" and entry["usedBytes"] >= 10000
+    assert entry["inodesUsed"] == 1
+    assert pod["ephemeral-storage"]["usedBytes"] >= 10000
+
+
 # --- real: a throwaway containerd behind the server -------------------------------------
 
 def _containerd_missing() -> str | None:
