@@ -186,6 +186,11 @@ def is_static(pod: Obj) -> bool:
                                                       "api") != "api"
 
 
+def is_sidecar(container: Obj) -> bool:
+    """An init container with restartPolicy Always (upstream's sidecar containers)."""
+    return container.get("restartPolicy") == "Always"
+
+
 def should_restart(policy: str, exit_code: int) -> bool:
     return policy == "Always" or (policy == "OnFailure" and exit_code != 0)
 
@@ -417,6 +422,18 @@ class PodWorkers:
         for container in _spec(pod).get("initContainers") or []:
             name = container.get("name", "")
             latest = runtime.latest(name)
+            if is_sidecar(container):
+                # A restartable init container (sidecar): kept running like an app
+                # container; the next one starts once it has started.
+                wait = await self._sync_container(uid, state, container, runtime, "Always",
+                                                  init=True)
+                if wait:
+                    next_look.append(wait)
+                if latest is not None and latest.state == "running" \
+                        and self.deps.probes.started(uid, name) is not False:
+                    continue
+                initialized = False
+                break
             if latest is not None and latest.state == "exited" and latest.exit_code == 0:
                 continue
             initialized = False
@@ -436,9 +453,10 @@ class PodWorkers:
         # 5. probes, status, old containers (the probe manager first: it answers
         # readiness only for the containers it was told of)
         runtime = await self.pod_runtime(uid, state)
+        probed = {c.get("name") for c in _spec(pod).get("containers") or []} | {
+            c.get("name") for c in _spec(pod).get("initContainers") or [] if is_sidecar(c)}
         running = {c.name: (c.id, time.monotonic() - max(0.0, time.time() - c.started_at))
-                   for c in (runtime.latest(n) for n in {r.name for r in runtime.containers
-                                                         if not r.init})
+                   for c in (runtime.latest(n) for n in probed)
                    if c is not None and c.state == "running"}
         self.deps.probes.update(pod, state.pod_ips[0] if state.pod_ips else "", running)
         await self._report(uid, state, runtime)
@@ -446,7 +464,8 @@ class PodWorkers:
         return min(next_look) if next_look else None
 
     async def _sync_container(self, uid: str, state: _Pod, container: Obj,
-                              runtime: PodRuntime, policy: str) -> float | None:
+                              runtime: PodRuntime, policy: str, init: bool = False
+                              ) -> float | None:
         name = container.get("name", "")
         latest = runtime.latest(name)
         pod = state.pod
@@ -476,7 +495,7 @@ class PodWorkers:
                 return None
         elif latest is not None and latest.state == "unknown":
             return None
-        return await self._start_container(uid, state, container, runtime, init=False)
+        return await self._start_container(uid, state, container, runtime, init=init)
 
     # --- sandbox ----------------------------------------------------------------------
 
@@ -750,15 +769,17 @@ class PodWorkers:
         """Stop every running container of the pod at once (app containers and init)."""
         runtime = await self.pod_runtime(uid, state)
         specs = {c.get("name"): c for c in cri_config.all_containers(state.pod)}
-        kills = []
-        for record in runtime.containers:
-            if record.state in ("running", "created", "unknown"):
-                container = specs.get(record.name) or {"name": record.name}
-                kills.append(self._kill_container(state.pod, container, record.id,
-                                                  grace=grace,
-                                                  run_pre_stop=record.state == "running"))
-        if kills:
-            await asyncio.gather(*kills)
+        # App containers first, then the init containers (sidecars) that serve them.
+        for init in (False, True):
+            kills = []
+            for record in runtime.containers:
+                if record.init == init and record.state in ("running", "created", "unknown"):
+                    container = specs.get(record.name) or {"name": record.name}
+                    kills.append(self._kill_container(state.pod, container, record.id,
+                                                      grace=grace,
+                                                      run_pre_stop=record.state == "running"))
+            if kills:
+                await asyncio.gather(*kills)
 
     async def _stop_pod(self, uid: str, state: _Pod, grace: float | None) -> None:
         """A pod that ended (or is being deleted): containers and sandbox stopped."""

@@ -159,13 +159,26 @@ def container_status(container: Obj, runtime: PodRuntime, *, waiting: tuple[str,
     return status
 
 
+def is_sidecar(container: Obj) -> bool:
+    """An init container with restartPolicy Always (a sidecar: it keeps running)."""
+    return container.get("restartPolicy") == "Always"
+
+
 def init_done(pod: Obj, runtime: PodRuntime) -> tuple[bool, list[str]]:
-    """(every init container exited 0, the names of those that have not)."""
+    """(every init container exited 0 -- a sidecar: is running, or the app containers
+    have started already --, the names of those that have not)."""
+    spec = pod.get("spec") or {}
+    app_started = any(runtime.latest(c.get("name", "")) is not None
+                      for c in spec.get("containers") or [])
     pending = []
-    for container in (pod.get("spec") or {}).get("initContainers") or []:
+    for container in spec.get("initContainers") or []:
         latest = runtime.latest(container.get("name", ""))
-        if latest is None or latest.state != "exited" or latest.exit_code != 0:
-            pending.append(container.get("name", ""))
+        if is_sidecar(container):
+            if app_started or (latest is not None and latest.state == "running"):
+                continue
+        elif latest is not None and latest.state == "exited" and latest.exit_code == 0:
+            continue
+        pending.append(container.get("name", ""))
     return not pending, pending
 
 
@@ -175,7 +188,10 @@ def pod_phase(pod: Obj, statuses: list[Obj], init_statuses: list[Obj],
     spec = pod.get("spec") or {}
     policy = spec.get("restartPolicy") or "Always"
     if not initialized:
+        sidecars = {c.get("name") for c in spec.get("initContainers") or [] if is_sidecar(c)}
         for status in init_statuses:
+            if status["name"] in sidecars:
+                continue
             terminated = status["state"].get("terminated") or (
                 status["lastState"].get("terminated") if "waiting" in status["state"] else None)
             if terminated and terminated.get("exitCode") != 0 and policy == "Never":
@@ -238,14 +254,15 @@ def pod_status(pod: Obj, runtime: PodRuntime, *, host_ip: str,
     init_statuses = []
     for container in spec.get("initContainers") or []:
         name = container.get("name", "")
-        init_statuses.append(container_status(container, runtime, waiting=waiting.get(name),
-                                              default_reason=INITIALIZING, ready=True,
-                                              started=None))
-    for status in init_statuses:
-        # An init container that exited 0 counts as ready, as upstream reports it.
-        status["ready"] = bool(status["state"].get("terminated", {}).get("exitCode") == 0
-                               and "terminated" in status["state"])
-        status["started"] = "running" in status["state"]
+        status = container_status(container, runtime, waiting=waiting.get(name),
+                                  default_reason=INITIALIZING, ready=ready(name),
+                                  started=started(name))
+        if not is_sidecar(container):
+            # An init container that exited 0 counts as ready, as upstream reports it.
+            status["ready"] = bool(status["state"].get("terminated", {}).get("exitCode") == 0
+                                   and "terminated" in status["state"])
+            status["started"] = "running" in status["state"]
+        init_statuses.append(status)
     statuses = []
     for container in spec.get("containers") or []:
         name = container.get("name", "")

@@ -337,3 +337,34 @@ def test_a_changed_image_restarts_the_container(tmp_path, fake_runtime):
             assert "Container app definition changed, will be restarted" in \
                 [m for _, r, m in h.recorder.events if r == "Killing"]
     run(main())
+
+
+def test_sidecar_init_containers_keep_running(tmp_path, fake_runtime):
+    async def main():
+        async with Harness(tmp_path, fake_runtime) as h:
+            pod = make_pod(restartPolicy="Never", initContainers=[
+                {"name": "proxy", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent",
+                 "restartPolicy": "Always"},
+                {"name": "setup", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent"}])
+            h.workers.update(pod)
+            await wait_for(lambda: fake_runtime.running("proxy"))
+            h.workers.wake("uid-1")
+            await wait_for(lambda: fake_runtime.running("setup"))
+            fake_runtime.exit(fake_runtime.running("setup")[0], 0)
+            h.workers.wake("uid-1")
+            await wait_for(lambda: fake_runtime.running("app"))
+            await wait_for(lambda: (h.last_status() or {}).get("phase") == "Running")
+            proxy = h.container_state("proxy")
+            assert "running" in proxy["state"] and proxy["ready"] is True
+            # The sidecar is restarted when it dies, even with restartPolicy Never.
+            fake_runtime.exit(fake_runtime.running("proxy")[0], 1)
+            h.workers.wake("uid-1")
+            await wait_for(lambda: fake_runtime.running("proxy"))
+            assert len(fake_runtime.named("proxy")) == 2
+            # The app ends: the pod succeeds and its sidecar is stopped.
+            fake_runtime.exit(fake_runtime.running("app")[0], 0)
+            h.workers.wake("uid-1")
+            await wait_for(lambda: (h.last_status() or {}).get("phase") == "Succeeded")
+            h.workers.wake("uid-1")
+            await wait_for(lambda: not fake_runtime.running())
+    run(main())
