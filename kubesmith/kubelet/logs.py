@@ -52,6 +52,7 @@ FOLLOW_POLL_INTERVAL = 0.2     # how often a followed file is checked for growth
 RUNNING_CHECK_INTERVAL = 1.0   # how often a followed container is asked if it still runs
 READ_CHUNK = 64 * 1024
 MAX_HELD_LINE = 1024 * 1024  # longest line held back until its last fragment
+OUTPUT_BATCH = 64 * 1024     # output is written in pieces of about this size
 
 _TIMESTAMP = re.compile(
     rb"^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
@@ -228,6 +229,28 @@ class _LimitReached(Exception):
     pass
 
 
+class _Output:
+    """Output gathered into writes of up to OUTPUT_BATCH bytes: one write (one HTTP
+    chunk) per line would cost more than the line itself."""
+
+    def __init__(self, write: Callable[[bytes], Awaitable[None]]):
+        self.write = write
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    async def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= OUTPUT_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.parts:
+            data = b"".join(self.parts)
+            self.parts, self.size = [], 0
+            await self.write(data)
+
+
 class _Writer:
     """Turns records into output: stream filter, since, timestamps, limitBytes.
 
@@ -339,7 +362,8 @@ async def read_logs(path: str, options: LogOptions,
     stopping), or limitBytes is reached. A rotation (the path now names a new file)
     is followed: the old file is drained first, then the new one is read from its
     start. Records that are not CRI lines are skipped."""
-    writer = _Writer(options, write)
+    output = _Output(write)
+    writer = _Writer(options, output.add)
     handle = open(path, "rb")
     try:
         if options.tail_lines is not None:
@@ -361,7 +385,10 @@ async def read_logs(path: str, options: LogOptions,
                 if pending and not options.follow:
                     await _emit(writer, pending)   # a last line with no newline yet
                 await writer.flush()
+                await output.flush()
                 return
+            # What was read goes out before waiting for more.
+            await output.flush()
             if should_stop is not None and should_stop():
                 return
             rotated = _replaced(handle, path)
@@ -380,7 +407,7 @@ async def read_logs(path: str, options: LogOptions,
                     continue
             await asyncio.sleep(poll_interval)
     except _LimitReached:
-        return
+        await output.flush()
     finally:
         handle.close()
 

@@ -332,3 +332,16 @@ def test_a_line_too_long_to_hold_goes_out_in_pieces(tmp_path, monkeypatch):
               line("stdout", "cc", "P", T0 + 2), line("stdout", "d", "F", T0 + 3))
     assert read(path, LogOptions(timestamps=True)) == (
         f"{logs.format_rfc3339(T0)} aaaaabbbbbccd\n".encode())
+
+
+def test_output_goes_out_in_batches(tmp_path):
+    path = tmp_path / "0.log"
+    write_log(path, *(line("stdout", f"{i:05d}" + "y" * 100) for i in range(3000)))
+    writes: list[int] = []
+
+    async def write(data: bytes) -> None:
+        writes.append(len(data))
+
+    asyncio.run(read_logs(str(path), LogOptions(), write))
+    assert sum(writes) == 3000 * 106
+    assert len(writes) < 10       # not one write per line
