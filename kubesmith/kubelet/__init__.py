@@ -9,6 +9,8 @@
     runtime.py   CRI sandbox and container configs from pod specs
     status.py    pod status computed from the runtime, written to the API server
     static.py    static pods from staticPodPath and their mirror pods
+    cgroups.py   pod cgroups (cgroup v1, cgroupfs) made with the pod's limits, removed
+    pullsecrets.py  registry credentials from imagePullSecrets
     volumes.py   pod volumes (VolumeManager)
     envvars.py   container environment (container_env)
     probes.py    liveness, readiness and startup probes (ProbeManager)

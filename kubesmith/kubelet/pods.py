@@ -45,6 +45,7 @@ from kubesmith.cri import api
 from kubesmith.cri.client import NotFoundError, RuntimeError_
 from kubesmith.kubelet import cgroups
 from kubesmith.kubelet.envvars import EnvError
+from kubesmith.kubelet.pullsecrets import credentials_for
 from kubesmith.kubelet import runtime as cri_config
 from kubesmith.kubelet.volumes import VolumeError
 from kubesmith.kubelet.status import (TERMINAL_PHASES, ContainerRecord, PodRuntime,
@@ -623,7 +624,7 @@ class PodWorkers:
                                 field_path=field_path)
         started = time.monotonic()
         try:
-            await self.runtime.pull_image(image, state.sandbox_config)
+            await self._pull(pod, image, state.sandbox_config)
         except RuntimeError_ as exc:
             self._pull_failures[key] = time.time()
             self.image_backoff.next(key)
@@ -647,6 +648,26 @@ class PodWorkers:
             state.waiting[name] = ("ErrImagePull", f'image "{image}" missing after its pull')
             return None, RETRY_AFTER_ERROR
         return pulled.id, pulled
+
+    async def _pull(self, pod: Obj, image: str, sandbox_config: Any) -> None:
+        """Pull with each credential of the pod's imagePullSecrets that fits the image
+        (then without any), until one pull works; raises the last failure."""
+        secrets = []
+        for ref in _spec(pod).get("imagePullSecrets") or []:
+            try:
+                secrets.append(await self.deps.client.get(
+                    "v1 secrets", ref.get("name", ""), _meta(pod).get("namespace", "")))
+            except ApiError as exc:
+                log.warning("imagePullSecret %s of %s: %s", ref.get("name"),
+                            pod_full_name(pod), exc)
+        auths = credentials_for(image, secrets) or [None]
+        for index, auth in enumerate(auths):
+            try:
+                await self.runtime.pull_image(image, sandbox_config, auth=auth)
+                return
+            except RuntimeError_:
+                if index == len(auths) - 1:
+                    raise
 
     async def _start_container(self, uid: str, state: _Pod, container: Obj,
                                runtime: PodRuntime, *, init: bool) -> float | None:

@@ -34,6 +34,7 @@ class FakeRuntime:
         self.pod_ip = "10.244.0.5"
         self.network_ready = True
         self.pull_error: Exception | None = None
+        self.pull_auths: list = []
 
     def add_image(self, ref: str, uid: int | None = 0, username: str = "") -> None:
         image = api.Image(id=f"sha256:{abs(hash(ref)):x}", repo_tags=[ref], size=1000,
@@ -171,8 +172,9 @@ class FakeRuntime:
     async def image_status(self, image_ref: str):
         return self.images.get(image_ref)
 
-    async def pull_image(self, image_ref: str, sandbox_config=None, **_) -> str:
+    async def pull_image(self, image_ref: str, sandbox_config=None, auth=None, **_) -> str:
         self.calls.append(("pull_image", image_ref))
+        self.pull_auths.append(auth)
         if self.pull_error is not None:
             raise self.pull_error
         self.add_image(image_ref)
@@ -255,11 +257,19 @@ class FakeProbes:
 
 
 class FakeClient:
-    """Records the API writes of the kubelet's pod workers."""
+    """Records the API writes of the kubelet's pod workers; `objects` answers gets."""
 
     def __init__(self):
         self.patches: list[tuple] = []
         self.deletes: list[tuple] = []
+        self.objects: dict[tuple[str, str, str], dict] = {}
+
+    async def get(self, resource, name, namespace=None, **kw):
+        from kubesmith.client.rest import ApiError
+        found = self.objects.get((resource, namespace, name))
+        if found is None:
+            raise ApiError({"reason": "NotFound", "code": 404, "message": "not found"})
+        return found
 
     async def patch(self, resource, name, body, namespace=None, **kw):
         self.patches.append((resource, name, namespace, body, kw))

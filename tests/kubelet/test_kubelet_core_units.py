@@ -551,3 +551,33 @@ def test_node_events_and_images():
               api.Image(id="c", size=5)]
     assert node_images(images) == [{"names": ["big@sha256:x", "big:1"], "sizeBytes": 99},
                                    {"names": ["small:1"], "sizeBytes": 10}]
+
+
+def test_pull_credentials_from_image_pull_secrets():
+    import base64
+    import json
+    from kubesmith.kubelet.pullsecrets import credentials_for, split_image
+
+    def secret(kind, payload):
+        key = ".dockerconfigjson" if kind.endswith("json") else ".dockercfg"
+        return {"type": f"kubernetes.io/{kind}",
+                "data": {key: base64.b64encode(json.dumps(payload).encode()).decode()}}
+    assert split_image("busybox") == ("docker.io", "library/busybox")
+    assert split_image("busybox:1.36") == ("docker.io", "library/busybox")
+    assert split_image("registry.example.com:5000/team/app:1") == \
+        ("registry.example.com:5000", "team/app")
+    assert split_image("example.com/app@sha256:abc") == ("example.com", "app")
+    secrets = [
+        secret("dockerconfigjson", {"auths": {
+            "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()},
+            "example.com": {"username": "any", "password": "p1"},
+            "example.com/team": {"username": "team", "password": "p2"}}}),
+        secret("dockercfg", {"other.org": {"username": "o", "password": "p3"}}),
+        {"type": "Opaque", "data": {"x": "eQ=="}}]
+    assert [a.username for a in credentials_for("example.com/team/app:1", secrets)] == \
+        ["team", "any"]
+    assert [a.username for a in credentials_for("example.com/solo:1", secrets)] == ["any"]
+    hub = credentials_for("busybox:1.36", secrets)
+    assert [(a.username, a.password) for a in hub] == [("hub", "pw")]
+    assert [a.username for a in credentials_for("other.org/x", secrets)] == ["o"]
+    assert credentials_for("nowhere.net/x", secrets) == []

@@ -368,3 +368,25 @@ def test_sidecar_init_containers_keep_running(tmp_path, fake_runtime):
             h.workers.wake("uid-1")
             await wait_for(lambda: not fake_runtime.running())
     run(main())
+
+
+def test_pulls_use_the_image_pull_secrets(tmp_path, fake_runtime):
+    import base64
+    import json
+
+    async def main():
+        async with Harness(tmp_path, fake_runtime) as h:
+            config = {"auths": {"registry.example.com": {"username": "u", "password": "p"}}}
+            h.client.objects[("v1 secrets", "default", "regcred")] = {
+                "type": "kubernetes.io/dockerconfigjson",
+                "data": {".dockerconfigjson": base64.b64encode(
+                    json.dumps(config).encode()).decode()}}
+            pod = make_pod(imagePullSecrets=[{"name": "regcred"}, {"name": "missing"}],
+                           containers=[{"name": "app", "image": "registry.example.com/app:2",
+                                        "imagePullPolicy": "IfNotPresent"}])
+            h.workers.update(pod)
+            await wait_for(lambda: fake_runtime.running("app"))
+            [auth] = fake_runtime.pull_auths
+            assert (auth.username, auth.password) == ("u", "p")
+            assert "Pulling" in h.recorder.reasons() and "Pulled" in h.recorder.reasons()
+    run(main())
