@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import gzip
 import logging
 import os
@@ -78,24 +79,29 @@ def parse_timestamp(raw: bytes) -> tuple[int, str]:
     match = _TIMESTAMP.match(raw)
     if not match:
         raise LogFormatError(f"bad timestamp {raw[:40]!r}")
-    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
     fraction = (match.group(7) or b"").decode()
-    zone = match.group(8).decode()
     nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    zone = match.group(8).decode()
+    seconds, date_time = _epoch_seconds(raw[:19], zone)
+    return seconds * 1_000_000_000 + nanos, f"{date_time}.{nanos:09d}{zone}"
+
+
+@functools.lru_cache(maxsize=256)
+def _epoch_seconds(date_time: bytes, zone: str) -> tuple[int, str]:
+    """Seconds since the epoch of "YYYY-MM-DDTHH:MM:SS" in a zone (cached: the lines of
+    one second share it, and building a datetime per line is what reading costs)."""
     if zone == "Z":
         offset = datetime.timedelta(0)
     else:
         sign = 1 if zone[0] == "+" else -1
         offset = sign * datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+    text = date_time.decode()
     try:
-        moment = datetime.datetime(year, month, day, hour, minute, second,
-                                   tzinfo=datetime.timezone(offset))
+        moment = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S").replace(
+            tzinfo=datetime.timezone(offset))
     except ValueError as exc:
-        raise LogFormatError(f"bad timestamp {raw[:40]!r}: {exc}") from None
-    epoch_ns = int(moment.timestamp()) * 1_000_000_000 + nanos
-    text = (f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
-            f".{nanos:09d}{zone}")
-    return epoch_ns, text
+        raise LogFormatError(f"bad timestamp {text!r}: {exc}") from None
+    return int(moment.timestamp()), text
 
 
 def parse_cri_line(line: bytes) -> LogRecord:
