@@ -212,6 +212,36 @@ def test_host_root_is_its_mount_namespace_root(lab):
     assert "shared:" in roots
 
 
+def test_containers_run_in_a_host_and_exec_lands_inside_them(lab):
+    """containerd and runc work in a host (snapshots on the real disk, cgroups under
+    the host's cgroup root), and an exec joins the container's root, not the host's."""
+    from provision import images
+
+    if not (shutil.which("containerd") and shutil.which("ctr") and shutil.which("runc")):
+        pytest.skip("containerd, ctr and runc are not installed")
+    tarball = images.build_image(images.BUSYBOX_IMAGE, lab.dir.parent / "images")
+    copy = subprocess.run(labmod.ssh_command("worker-1", "cat > /tmp/busybox.tar",
+                                             lab_dir=lab.dir),
+                          input=tarball.read_bytes(), capture_output=True, timeout=30)
+    assert copy.returncode == 0, copy.stderr
+    cgroup = f"{labmod.cgroup_root(NAME, 'worker-1')}/ctr-test"
+    ctr = "ctr --namespace lab-test"
+    lab.ssh("worker-1", "printf 'version = 2\\n' > /tmp/containerd.toml; "
+                        "(setsid containerd --config /tmp/containerd.toml "
+                        ">/tmp/containerd.log 2>&1 &); "
+                        "for i in $(seq 50); do ctr version >/dev/null 2>&1 && exit 0; "
+                        "sleep 0.2; done; cat /tmp/containerd.log; exit 1")
+    lab.ssh("worker-1", f"{ctr} images import /tmp/busybox.tar >/dev/null && "
+                        f"{ctr} run --detach --cgroup {cgroup} {images.BUSYBOX_IMAGE} t1 "
+                        "sleep 600")
+    inside = lab.ssh("worker-1", f"{ctr} tasks exec --exec-id e1 t1 cat /etc/passwd")
+    assert inside.splitlines()[0].startswith("root:x:0:0:")
+    assert len(inside.splitlines()) == 2, "the image's passwd, not the host's"
+    assert Path(f"/sys/fs/cgroup/pids{cgroup}").is_dir()
+    # Left running on purpose: `down` must remove the container, its shim and cgroups
+    # (test_down_removes_everything).
+
+
 def test_writes_stay_private_to_the_host(lab):
     marker = f"/root/{NAME}-marker"
     assert not Path(marker).exists()
