@@ -988,6 +988,21 @@ def test_real_through_the_api_server_with_kubectl(pki, tmp_path, containerd, clu
                         code, out, err = await kubectl(cluster, "logs", "-n", namespace,
                                                        "web", "--tail=1", binary=binary)
                         assert (code, out) == (0, "hello from the pod\n"), (version, err)
+                    # logs -f follows until the container exits.
+                    job = await admin.create("v1 pods", {
+                        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "job"},
+                        "spec": {"nodeName": node, "restartPolicy": "Never", "containers": [
+                            {"name": "app", "image": "kubesmith.local/busybox:latest"}]}},
+                        namespace)
+                    k.pods[(namespace, "job")] = job
+                    async with RealPod(runtime, containerd.cgroup_parent(), tmp_path,
+                                       "echo first; sleep 1; echo second", name="job",
+                                       namespace=namespace, uid=job["metadata"]["uid"]):
+                        started = time.monotonic()
+                        code, out, err = await kubectl(cluster, "logs", "-f", "-n",
+                                                       namespace, "job")
+                        assert (code, out) == (0, "first\nsecond\n"), err
+                        assert time.monotonic() - started < 10
                     # Every kubectl: WebSocket from 1.30, SPDY (relayed as is) before.
                     for version, binary in sorted(builds.items()):
                         code, out, err = await kubectl(cluster, "exec", "-n", namespace,
