@@ -45,6 +45,7 @@ from kubesmith.cri import api
 from kubesmith.cri.client import NotFoundError, RuntimeError_
 from kubesmith.kubelet import cgroups
 from kubesmith.kubelet.envvars import EnvError
+from kubesmith.scheduler.resources import Resources, pod_requests, quantity_value
 from kubesmith.kubelet.pullsecrets import credentials_for
 from kubesmith.kubelet import runtime as cri_config
 from kubesmith.kubelet.volumes import VolumeError
@@ -155,6 +156,8 @@ class _Pod:
     gone: bool = False          # deleted from the API server already (no final delete)
     done: bool = False
     failures: int = 0
+    admitted: bool = False
+    rejected: tuple[str, str] | None = None     # (reason, message) of a refusal
 
 
 def _meta(obj: Obj) -> Obj:
@@ -370,6 +373,15 @@ class PodWorkers:
         if current_phase in TERMINAL_PHASES or (cached or {}).get("phase") in TERMINAL_PHASES:
             await self._stop_pod(uid, state, grace=None)
             return None
+        if not state.admitted:
+            state.rejected = await self._admission(uid, state)
+            if state.rejected is not None:
+                reason, message = state.rejected
+                log.info("pod %s rejected: %s", pod_full_name(pod), message)
+                self.deps.recorder.emit(pod, WARNING, reason, message)
+                await self._report(uid, state, PodRuntime(), terminal=True)
+                return None
+            state.admitted = True
         next_look: list[float] = []
         # 1. volumes
         try:
@@ -499,6 +511,41 @@ class PodWorkers:
         return await self._start_container(uid, state, container, runtime, init=init)
 
     # --- sandbox ----------------------------------------------------------------------
+
+    async def _admission(self, uid: str, state: _Pod) -> tuple[str, str] | None:
+        """Upstream's kubelet admission of a new pod: (reason, message) when the node's
+        pods, cpu, memory or extended resources cannot hold it. A pod the runtime runs
+        already (a kubelet restart) is admitted as it is."""
+        sandboxes = await self.runtime.list_pod_sandbox(api.PodSandboxFilter(
+            label_selector={cri_config.POD_UID_LABEL: uid}))
+        allocatable = self.deps.node_allocatable()
+        if sandboxes or not allocatable:
+            return None
+        available = Resources.from_list(allocatable)
+        pods_allowed = quantity_value(allocatable.get("pods", 0))
+        used = Resources()
+        pods_used = 0
+        for other_uid, other in self.pods.items():
+            if other_uid == uid or not other.admitted or other.done:
+                continue
+            phase = ((self.deps.status.cached(other_uid) or other.pod.get("status") or {})
+                     .get("phase"))
+            if phase in TERMINAL_PHASES:
+                continue
+            used.add(pod_requests(_spec(other.pod)))
+            pods_used += 1
+        requested = pod_requests(_spec(state.pod))
+        checks = [("pods", 1, pods_used, pods_allowed),
+                  ("cpu", requested.milli_cpu, used.milli_cpu, available.milli_cpu),
+                  ("memory", requested.memory, used.memory, available.memory)]
+        checks += [(name, amount, used.scalars.get(name, 0), available.scalars.get(name, 0))
+                   for name, amount in sorted(requested.scalars.items())]
+        for name, amount, in_use, capacity in checks:
+            if amount and in_use + amount > capacity:
+                return (f"OutOf{name}", f"Pod was rejected: Node didn't have enough resource: "
+                                        f"{name}, requested: {amount}, used: {in_use}, "
+                                        f"capacity: {capacity}")
+        return None
 
     async def _start_sandbox(self, uid: str, state: _Pod, attempt: int) -> bool:
         pod = state.pod
@@ -894,7 +941,9 @@ class PodWorkers:
                             ready=lambda name: probes.ready(uid, name),
                             started=lambda name: probes.started(uid, name),
                             previous=self.deps.status.cached(uid))
-        if terminal and status["phase"] not in TERMINAL_PHASES:
+        if state.rejected is not None:
+            status.update(phase="Failed", reason=state.rejected[0], message=state.rejected[1])
+        elif terminal and status["phase"] not in TERMINAL_PHASES:
             # Every container is stopped: the pod ends, Succeeded only when each of
             # its containers exited 0 (upstream's terminal phase of a stopped pod).
             codes = [((s.get("state") or {}).get("terminated") or {}).get("exitCode")

@@ -390,3 +390,31 @@ def test_pulls_use_the_image_pull_secrets(tmp_path, fake_runtime):
             assert (auth.username, auth.password) == ("u", "p")
             assert "Pulling" in h.recorder.reasons() and "Pulled" in h.recorder.reasons()
     run(main())
+
+
+def test_admission_rejects_what_the_node_cannot_hold(tmp_path, fake_runtime):
+    async def main():
+        async with Harness(tmp_path, fake_runtime) as h:
+            h.workers.deps.node_allocatable = lambda: {"cpu": "1", "memory": "1Gi", "pods": "2"}
+            h.workers.update(make_pod(name="a", uid="u-a"))
+            await wait_for(lambda: (h.last_status("a") or {}).get("phase") == "Running")
+            big = make_pod(name="big", uid="u-big", containers=[{
+                "name": "app", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent",
+                "resources": {"requests": {"cpu": "2"}}}])
+            h.workers.update(big)
+            await wait_for(lambda: (h.last_status("big") or {}).get("phase") == "Failed")
+            status = h.last_status("big")
+            assert status["reason"] == "OutOfcpu"
+            assert status["message"] == ("Pod was rejected: Node didn't have enough resource: "
+                                         "cpu, requested: 2000, used: 0, capacity: 1000")
+            assert "OutOfcpu" in h.recorder.reasons()
+            h.workers.update(make_pod(name="b", uid="u-b"))
+            await wait_for(lambda: (h.last_status("b") or {}).get("phase") == "Running")
+            h.workers.update(make_pod(name="c", uid="u-c"))
+            await wait_for(lambda: (h.last_status("c") or {}).get("reason") == "OutOfpods")
+            assert not [c for c in fake_runtime.calls if c[0] == "run_pod_sandbox"][2:]
+            # The refusal stays (a later sync keeps reason and message).
+            h.workers.wake("u-c")
+            await asyncio.sleep(0.1)
+            assert h.last_status("c")["reason"] == "OutOfpods"
+    run(main())
