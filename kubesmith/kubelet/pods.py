@@ -545,6 +545,9 @@ class PodWorkers:
                 return (f"OutOf{name}", f"Pod was rejected: Node didn't have enough resource: "
                                         f"{name}, requested: {amount}, used: {in_use}, "
                                         f"capacity: {capacity}")
+        # Admitted before any other pod is looked at (no await since the count): pods
+        # arriving together are counted one after the other.
+        state.admitted = True
         return None
 
     async def _start_sandbox(self, uid: str, state: _Pod, attempt: int) -> bool:
