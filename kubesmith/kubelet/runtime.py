@@ -342,6 +342,14 @@ def _seccomp(profile: Obj | None) -> api.SecurityProfile:
     return api.SecurityProfile(profile_type=api.SecurityProfile.Unconfined)
 
 
+def supplemental_groups(pod_security: Obj) -> list[int]:
+    """The pod's supplementalGroups, then its fsGroup (upstream adds it the same way)."""
+    groups = [int(g) for g in pod_security.get("supplementalGroups") or []]
+    if pod_security.get("fsGroup") is not None and int(pod_security["fsGroup"]) not in groups:
+        groups.append(int(pod_security["fsGroup"]))
+    return groups
+
+
 def sandbox_config(pod: Obj, settings: RuntimeSettings, attempt: int = 0
                    ) -> api.PodSandboxConfig:
     meta, spec = _meta(pod), _spec(pod)
@@ -367,7 +375,7 @@ def sandbox_config(pod: Obj, settings: RuntimeSettings, attempt: int = 0
         namespace_options=namespaces,
         privileged=any(((c.get("securityContext") or {}).get("privileged") is True)
                        for c in all_containers(pod)),
-        supplemental_groups=[int(g) for g in pod_security.get("supplementalGroups") or []],
+        supplemental_groups=supplemental_groups(pod_security),
         seccomp=_seccomp(pod_security.get("seccompProfile")))
     if pod_security.get("runAsUser") is not None:
         security.run_as_user.CopyFrom(_int64(pod_security["runAsUser"]))
@@ -472,7 +480,7 @@ def container_security(pod: Obj, container: Obj, namespaces: api.NamespaceOption
     out = api.LinuxContainerSecurityContext(
         privileged=privileged,
         readonly_rootfs=security.get("readOnlyRootFilesystem") is True,
-        supplemental_groups=[int(g) for g in pod_security.get("supplementalGroups") or []],
+        supplemental_groups=supplemental_groups(pod_security),
         no_new_privs=(not privileged and security.get("allowPrivilegeEscalation") is False),
         capabilities=api.Capability(add_capabilities=list(capabilities.get("add") or []),
                                     drop_capabilities=list(capabilities.get("drop") or [])),

@@ -260,7 +260,8 @@ def test_resource_conversion_edges():
 
 
 def test_container_security_context(tmp_path):
-    pod = make_pod(securityContext={"runAsUser": 1000, "runAsGroup": 3000},
+    pod = make_pod(securityContext={"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000,
+                                    "supplementalGroups": [4000]},
                    containers=[{"name": "app", "image": "x", "securityContext": {
                        "runAsUser": 2000, "readOnlyRootFilesystem": True,
                        "allowPrivilegeEscalation": False,
@@ -269,6 +270,7 @@ def test_container_security_context(tmp_path):
                                   attempt=0, image_ref="i", envs=[], mounts=[])
     security = config.linux.security_context
     assert security.run_as_user.value == 2000 and security.run_as_group.value == 3000
+    assert list(security.supplemental_groups) == [4000, 2000]
     assert security.readonly_rootfs and security.no_new_privs and not security.privileged
     assert list(security.capabilities.add_capabilities) == ["NET_ADMIN"]
     assert list(security.capabilities.drop_capabilities) == ["ALL"]
