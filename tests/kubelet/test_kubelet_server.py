@@ -1,7 +1,14 @@
-"""The kubelet's HTTPS server over real TLS on 127.0.0.1 with fakes behind it: client
-certificates and bearer tokens (a fake TokenReview), SubjectAccessReview authorization
-and its 403 text, /containerLogs, exec relayed to a fake CRI streaming server,
-/metrics and /stats/summary."""
+"""The kubelet's HTTPS server over real TLS on 127.0.0.1.
+
+With fakes behind it: client certificates and bearer tokens (a fake TokenReview),
+SubjectAccessReview authorization and its 403 text, /containerLogs, exec relayed to a
+fake CRI streaming server (WebSocket) or passed byte for byte (SPDY), port-forward,
+/metrics, /metrics/resource and /stats/summary.
+
+Real (skipped when containerd or etcd is missing): a throwaway containerd behind the
+server (logs, exec, stdin, summary, follow across a rotation), and a real API server and
+every kubectl build in front of it (logs, logs -f, exec, exec -i, port-forward, a
+service account token reviewed and denied)."""
 from __future__ import annotations
 
 import asyncio
