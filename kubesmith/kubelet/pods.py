@@ -7,14 +7,19 @@
     await workers.stop()           # the kubelet stops; containers keep running
 
 A sync of one pod (upstream's SyncPod, in the same order):
+  0. a new pod is admitted against the node's allocatable pods, cpu, memory and extended
+     resources, or fails at once (OutOf<resource>);
   1. volumes (VolumeManager.setup); a failure is a FailedMount event and a retry;
   2. the sandbox: the newest ready one of the pod, or a new one (after stopping the
      containers of a sandbox that died); the pod IP from its status;
   3. init containers one at a time, each until it exits 0 (a failure restarts it unless
-     restartPolicy is Never, which fails the pod);
-  4. the app containers: started when missing, restarted per restartPolicy with
-     CrashLoopBackOff back-off (10 s doubling to 5 min, forgotten after 10 min without
-     a restart), killed and restarted when their liveness probe fails;
+     restartPolicy is Never, which fails the pod); a sidecar (restartPolicy Always) is
+     kept running instead, and the next starts once it has started;
+  4. the app containers: image pulled per imagePullPolicy (with the imagePullSecrets'
+     credentials; kubesmith.local/* images are local and never pulled), started when
+     missing, restarted per restartPolicy with CrashLoopBackOff back-off (10 s doubling
+     to 5 min, forgotten after 10 min without a restart), killed and restarted when
+     their liveness probe fails or their spec changed;
   5. the status (status.py) handed to the StatusManager, the running containers to
      the ProbeManager; older dead containers removed (the newest exited one of each
      name stays: `kubectl logs --previous` reads it).
@@ -44,13 +49,13 @@ from kubesmith.client.rest import ApiClient, ApiError, is_conflict, is_not_found
 from kubesmith.cri import api
 from kubesmith.cri.client import NotFoundError, RuntimeError_
 from kubesmith.kubelet import cgroups
-from kubesmith.kubelet.envvars import EnvError
-from kubesmith.scheduler.resources import Resources, pod_requests, quantity_value
-from kubesmith.kubelet.pullsecrets import credentials_for
 from kubesmith.kubelet import runtime as cri_config
-from kubesmith.kubelet.volumes import VolumeError
+from kubesmith.kubelet.envvars import EnvError
+from kubesmith.kubelet.pullsecrets import credentials_for
 from kubesmith.kubelet.status import (TERMINAL_PHASES, ContainerRecord, PodRuntime,
                                       StatusManager, pod_status)
+from kubesmith.kubelet.volumes import VolumeError
+from kubesmith.scheduler.resources import Resources, pod_requests, quantity_value
 
 log = logging.getLogger(__name__)
 
