@@ -583,3 +583,96 @@ def test_pull_credentials_from_image_pull_secrets():
     assert [(a.username, a.password) for a in hub] == [("hub", "pw")]
     assert [a.username for a in credentials_for("other.org/x", secrets)] == ["o"]
     assert credentials_for("nowhere.net/x", secrets) == []
+
+
+def test_node_agent_registers_heartbeats_and_reports_changes(tmp_path):
+    import asyncio
+    from kubesmith.client.rest import ApiError
+    from kubesmith.kubelet.config import KubeletConfig, KubeletOptions
+    from kubesmith.kubelet.node import NodeAgent
+    from tests.kubelet.conftest import FakeRuntime
+
+    class Client:
+        """Nodes and Leases in memory, answering as the API server would."""
+        def __init__(self):
+            self.nodes, self.leases, self.writes = {}, {}, []
+
+        async def create(self, resource, body, namespace=None):
+            store = self.nodes if "nodes" in resource else self.leases
+            name = body["metadata"]["name"]
+            if name in store:
+                raise ApiError({"reason": "AlreadyExists", "code": 409})
+            body = dict(body, metadata=dict(body["metadata"], uid=f"uid-{name}",
+                                            resourceVersion="1"))
+            store[name] = body
+            self.writes.append(("create", resource))
+            return body
+
+        async def get(self, resource, name, namespace=None):
+            store = self.nodes if "nodes" in resource else self.leases
+            if name not in store:
+                raise ApiError({"reason": "NotFound", "code": 404})
+            return store[name]
+
+        async def update(self, resource, body, namespace=None):
+            self.leases[body["metadata"]["name"]] = body
+            self.writes.append(("update", resource))
+            return body
+
+        async def patch(self, resource, name, patch, namespace=None, **kw):
+            node = self.nodes[name]
+            if "status" in patch:
+                conditions = {c["type"]: c for c in node["status"].get("conditions", [])}
+                conditions.update({c["type"]: c for c in patch["status"]["conditions"]})
+                node["status"] = dict(node["status"], **patch["status"])
+                node["status"]["conditions"] = list(conditions.values())
+            if "metadata" in patch:
+                node["metadata"]["labels"].update(patch["metadata"].get("labels") or {})
+            self.writes.append(("patch", kw.get("subresource", "")))
+            return node
+
+    async def main():
+        runtime = FakeRuntime()
+        runtime.network_ready = False
+        client = Client()
+        options = KubeletOptions(config=KubeletConfig(max_pods=42, node_labels={"a": "b"},
+                                                      register_with_taints=[
+                                                          {"key": "k", "effect": "NoSchedule"}]),
+                                 kubeconfig="", node_name="node-1", node_ip="192.0.2.7",
+                                 root_dir=str(tmp_path))
+        cidrs = []
+        agent = NodeAgent(client, runtime, options, on_pod_cidr=cidrs.append)
+        node = await agent.register()
+        assert node["metadata"]["labels"]["a"] == "b"
+        assert node["spec"]["taints"] == [{"key": "k", "effect": "NoSchedule"}]
+        assert node["status"]["capacity"]["pods"] == "42"
+        assert node["status"]["nodeInfo"]["containerRuntimeVersion"] == "containerd://1.6.20"
+        assert node["status"]["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10250}}
+        await agent.renew_lease()
+        await agent.renew_lease()
+        lease = client.leases["node-1"]
+        assert lease["spec"]["holderIdentity"] == "node-1"
+        assert lease["spec"]["leaseDurationSeconds"] == 40
+        assert lease["metadata"]["ownerReferences"][0]["uid"] == "uid-node-1"
+        # Nothing changed: no write. The network comes up: Ready is written at once.
+        writes = len(client.writes)
+        assert not await agent.update_status()
+        assert len(client.writes) == writes
+        runtime.network_ready = True
+        assert await agent.update_status()
+        ready = {c["type"]: c for c in client.nodes["node-1"]["status"]["conditions"]}["Ready"]
+        assert ready["status"] == "True"
+        # The node lifecycle controller marks it Unknown: the kubelet writes it back.
+        client.nodes["node-1"]["status"]["conditions"] = [
+            dict(c, status="Unknown") if c["type"] == "Ready" else c
+            for c in client.nodes["node-1"]["status"]["conditions"]]
+        assert await agent.update_status()
+        # The controller manager's podCIDR reaches the runtime hook.
+        client.nodes["node-1"]["spec"]["podCIDR"] = "10.244.3.0/24"
+        await agent.update_status()
+        assert cidrs == ["10.244.3.0/24"]
+        # A restart adopts the Node.
+        again = NodeAgent(client, runtime, options)
+        await again.register()
+        assert again.uid == "uid-node-1"
+    asyncio.run(main())
