@@ -388,6 +388,7 @@ class PodWorkers:
                 return None
             state.admitted = True
         next_look: list[float] = []
+        began = time.monotonic()
         # 1. volumes
         try:
             if state.volume_paths is None:
@@ -433,6 +434,8 @@ class PodWorkers:
         if _spec(pod).get("hostNetwork"):
             host_ip = self.deps.host_ip()
             state.pod_ips = [host_ip] if host_ip else []
+        log.debug("pod %s: volumes and sandbox after %.3fs", pod_full_name(pod),
+                  time.monotonic() - began)
         # 3. and 4. containers
         runtime = await self.pod_runtime(uid, state)
         policy = _spec(pod).get("restartPolicy") or "Always"
@@ -478,6 +481,7 @@ class PodWorkers:
                    if c is not None and c.state == "running"}
         self.deps.probes.update(pod, state.pod_ips[0] if state.pod_ips else "", running)
         await self._report(uid, state, runtime)
+        log.debug("pod %s: synced in %.3fs", pod_full_name(pod), time.monotonic() - began)
         await self._remove_old_containers(runtime)
         return min(next_look) if next_look else None
 
