@@ -40,6 +40,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import aiohttp
@@ -387,6 +388,14 @@ class PodWorkers:
                 await self._report(uid, state, PodRuntime(), terminal=True)
                 return None
             state.admitted = True
+        deadline = self._deadline_left(uid, state)
+        if deadline is not None and deadline <= 0:
+            # activeDeadlineSeconds passed: the pod is killed and fails, as upstream.
+            state.rejected = ("DeadlineExceeded",
+                              "Pod was active on the node longer than the specified deadline")
+            self.deps.recorder.emit(pod, NORMAL, "DeadlineExceeded", state.rejected[1])
+            await self._stop_pod(uid, state, grace=None)
+            return None
         next_look: list[float] = []
         began = time.monotonic()
         # 1. volumes
@@ -482,6 +491,9 @@ class PodWorkers:
         self.deps.probes.update(pod, state.pod_ips[0] if state.pod_ips else "", running)
         await self._report(uid, state, runtime)
         log.debug("pod %s: synced in %.3fs", pod_full_name(pod), time.monotonic() - began)
+        deadline = self._deadline_left(uid, state)     # known once startTime is set
+        if deadline is not None:
+            next_look.append(max(0.05, deadline))
         await self._remove_old_containers(runtime)
         return min(next_look) if next_look else None
 
@@ -520,6 +532,15 @@ class PodWorkers:
         return await self._start_container(uid, state, container, runtime, init=init)
 
     # --- sandbox ----------------------------------------------------------------------
+
+    def _deadline_left(self, uid: str, state: _Pod) -> float | None:
+        """Seconds left of the pod's activeDeadlineSeconds (from its startTime), or None."""
+        seconds = _spec(state.pod).get("activeDeadlineSeconds")
+        status = self.deps.status.cached(uid) or state.pod.get("status") or {}
+        started = _parse_time(status.get("startTime"))
+        if seconds is None or started is None:
+            return None
+        return started + float(seconds) - time.time()
 
     async def _admission(self, uid: str, state: _Pod) -> tuple[str, str] | None:
         """Upstream's kubelet admission of a new pod: (reason, message) when the node's
@@ -985,6 +1006,17 @@ class PodWorkers:
             pass
         except RuntimeError_ as exc:
             log.warning("runtime: %s", exc)
+
+
+def _parse_time(text: str | None) -> float | None:
+    """Seconds since the epoch of a metav1.Time ("2026-01-01T00:00:00Z"), or None."""
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(
+            tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 def _go_duration(seconds: int) -> str:

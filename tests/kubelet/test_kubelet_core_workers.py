@@ -418,3 +418,16 @@ def test_admission_rejects_what_the_node_cannot_hold(tmp_path, fake_runtime):
             await asyncio.sleep(0.1)
             assert h.last_status("c")["reason"] == "OutOfpods"
     run(main())
+
+
+def test_active_deadline_kills_the_pod(tmp_path, fake_runtime):
+    async def main():
+        async with Harness(tmp_path, fake_runtime) as h:
+            h.workers.update(make_pod(activeDeadlineSeconds=1))
+            await wait_for(lambda: fake_runtime.running("app"))
+            await wait_for(lambda: (h.last_status() or {}).get("phase") == "Failed", timeout=8)
+            status = h.last_status()
+            assert status["reason"] == "DeadlineExceeded"
+            assert not fake_runtime.running()
+            assert "DeadlineExceeded" in h.recorder.reasons()
+    run(main())
