@@ -8,7 +8,8 @@
 
 A sync of one pod (upstream's SyncPod, in the same order):
   0. a new pod is admitted against the node's allocatable pods, cpu, memory and extended
-     resources, or fails at once (OutOf<resource>);
+     resources, or fails at once (OutOf<resource>); a pod past its activeDeadlineSeconds
+     is stopped and fails (DeadlineExceeded);
   1. volumes (VolumeManager.setup); a failure is a FailedMount event and a retry;
   2. the sandbox: the newest ready one of the pod, or a new one (after stopping the
      containers of a sandbox that died); the pod IP from its status;
