@@ -211,9 +211,13 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
             15, kubelet.log_tail)
         assert lease["spec"]["holderIdentity"] == node
         assert any(image["names"] for image in status.get("images") or [])
-        events = cluster.request("GET", "/api/v1/namespaces/default/events").json()["items"]
-        reasons = {e["reason"] for e in events if e["involvedObject"].get("name") == node}
-        assert {"Starting", "NodeNotReady"} <= reasons, reasons
+
+        def node_events():
+            events = cluster.request("GET", "/api/v1/namespaces/default/events").json()
+            return {e["reason"] for e in events["items"]
+                    if e["involvedObject"].get("name") == node}
+        _wait("the node's events", lambda: {"Starting", "NodeNotReady"} <= node_events(),
+              10, lambda: str(node_events()))
 
         # A host-network pod runs (no CNI needed) and reports Running.
         hooks = tmp_path / "hooks"
@@ -569,10 +573,14 @@ def test_volumes_env_and_probes(cluster, containerd, tmp_path):
         entry = _wait("the container restarted", restarted, 30, kubelet.log_tail)
         assert entry["lastState"]["terminated"]["containerID"] == f"containerd://{container_id}"
         assert entry["containerID"] != f"containerd://{container_id}"
-        events = cluster.request(
-            "GET", f"/api/v1/namespaces/{namespace}/events").json()["items"]
-        reasons = {e["reason"] for e in events if e["involvedObject"].get("uid") == pod_uid}
-        assert {"Created", "Started", "Killing", "Unhealthy"} <= reasons, reasons
+
+        def pod_events():
+            events = cluster.request("GET", f"/api/v1/namespaces/{namespace}/events").json()
+            return {e["reason"] for e in events["items"]
+                    if e["involvedObject"].get("uid") == pod_uid}
+        # Events are written in the background: wait (bounded) for them.
+        _wait("the pod's events", lambda: {"Created", "Started", "Killing", "Unhealthy"}
+              <= pod_events(), 10, lambda: str(pod_events()))
 
         answer = cluster.request("DELETE", path)
         assert answer.status == 200, answer.body
