@@ -47,6 +47,19 @@ def cluster():
         yield running
 
 
+@pytest.fixture(scope="module", autouse=True)
+def pod_log_root():
+    """/var/log/pods, made by containerd for the pods' logs: removed again when these
+    tests made it (the kubelet removes each pod's folder)."""
+    existed = POD_LOG_ROOT.exists()
+    yield POD_LOG_ROOT
+    if not existed:
+        try:
+            POD_LOG_ROOT.rmdir()
+        except OSError:
+            pass
+
+
 @pytest.fixture(scope="module")
 def containerd(tmp_path_factory):
     reason = _missing()
