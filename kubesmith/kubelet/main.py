@@ -105,6 +105,7 @@ class Kubelet:
                                               self.config.file_check_frequency)
                               if self.config.static_pod_path else None)
         self.static_pods: dict[str, Obj] = {}
+        self._mirror_uids: dict[str, str] = {}      # static pod uid -> its mirror's uid
         self._cleaning: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self.server = None
@@ -197,11 +198,14 @@ class Kubelet:
             if _meta(pod).get("deletionTimestamp"):
                 # A deleted mirror pod is made again; its static pod keeps running.
                 self._spawn(self.mirrors.delete(pod))
-            for uid, static in self.static_pods.items():
-                if _meta(static).get("name") == _meta(pod).get("name") and \
-                        _meta(static).get("namespace") == _meta(pod).get("namespace"):
-                    self.status.forget(uid)     # the status goes to the new mirror
-                    self.workers.wake(uid)
+            static_uid = config_hash(pod)
+            mirror_uid = _meta(pod).get("uid", "")
+            if static_uid in self.static_pods and \
+                    self._mirror_uids.get(static_uid) != mirror_uid:
+                # A new mirror pod: the static pod's status is written to it afresh.
+                self._mirror_uids[static_uid] = mirror_uid
+                self.status.forget(static_uid)
+                self.workers.wake(static_uid)
             return
         self.workers.update(pod)
 

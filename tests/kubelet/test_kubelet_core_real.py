@@ -354,6 +354,11 @@ def test_static_pod_and_its_mirror(cluster, containerd, tmp_path):
         assert mirror["spec"]["nodeName"] == node
         containers, _ = _runtime_leftovers(containerd, static_uid)
         assert len(containers) == 1
+        # Once written, the mirror's status is left alone (no rewrite on its own echo).
+        time.sleep(1.5)
+        version = _get(cluster, path)["metadata"]["resourceVersion"]
+        time.sleep(2.5)
+        assert _get(cluster, path)["metadata"]["resourceVersion"] == version
         # Deleting the mirror pod does not stop the static pod: the mirror comes back.
         answer = cluster.request("DELETE", path)
         assert answer.status == 200, answer.body
