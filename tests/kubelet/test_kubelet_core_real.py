@@ -285,6 +285,11 @@ def test_kubelet_runs_a_host_network_pod(cluster, containerd, tmp_path):
                 f"http://127.0.0.1:{kubelet.healthz_port}/healthz", timeout=5) as answer:
             assert answer.read() == b"ok"
 
+        # A running pod's status is written once, not again and again.
+        version = _get(cluster, path)["metadata"]["resourceVersion"]
+        time.sleep(2.5)
+        assert _get(cluster, path)["metadata"]["resourceVersion"] == version
+
         # Its log, in the CRI format where the kubelet asked containerd to write it.
         log_file = POD_LOG_ROOT / f"{namespace}_web_{pod_uid}" / "app" / "0.log"
         _wait("the container's log", lambda: log_file.exists()
