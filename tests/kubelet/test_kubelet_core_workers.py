@@ -431,3 +431,47 @@ def test_active_deadline_kills_the_pod(tmp_path, fake_runtime):
             assert not fake_runtime.running()
             assert "DeadlineExceeded" in h.recorder.reasons()
     run(main())
+
+
+def test_lifecycle_handlers(fake_runtime):
+    from aiohttp import web
+
+    from kubesmith.kubelet.pods import run_handler
+
+    async def main():
+        seen = []
+
+        async def hook(request):
+            seen.append((request.path, request.headers.get("X-Why")))
+            return web.Response(status=500 if request.path == "/fail" else 200)
+        app = web.Application()
+        app.add_routes([web.get("/{tail:.*}", hook)])
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        container = {"name": "app", "ports": [{"name": "hooks", "containerPort": port}]}
+        try:
+            ok = await run_handler(fake_runtime, {"httpGet": {
+                "path": "stop", "port": "hooks",
+                "httpHeaders": [{"name": "X-Why", "value": "bye"}]}},
+                container_id="c1", container=container, pod_ip="127.0.0.1", timeout=5)
+            assert ok is None and seen == [("/stop", "bye")]
+            failed = await run_handler(fake_runtime, {"httpGet": {"path": "/fail", "port": port}},
+                                       container_id="c1", container=container,
+                                       pod_ip="127.0.0.1", timeout=5)
+            assert "HTTP status 500" in failed
+            fake_runtime.exec_results["c1"] = (2, b"", b"nope")
+            failed = await run_handler(fake_runtime, {"exec": {"command": ["false"]}},
+                                       container_id="c1", container=container,
+                                       pod_ip="127.0.0.1", timeout=5)
+            assert "exited with 2" in failed and "nope" in failed
+            started = asyncio.get_running_loop().time()
+            assert await run_handler(fake_runtime, {"sleep": {"seconds": 0.2}},
+                                     container_id="c1", container=container,
+                                     pod_ip="127.0.0.1", timeout=5) is None
+            assert asyncio.get_running_loop().time() - started >= 0.2
+        finally:
+            await runner.cleanup()
+    run(main())
