@@ -692,6 +692,14 @@ class PodWorkers:
                                     f'Container image "{image}" already present on machine',
                                     field_path=field_path)
             return present.id, present
+        if local_only:
+            # No registry serves these: the node's images are imported by the deploy.
+            message = (f'image "{image}" is built locally and is not imported on this node '
+                       f'(no registry serves {LOCAL_REGISTRY} images)')
+            self.deps.recorder.emit(pod, WARNING, "Failed", f"Error: {message}",
+                                    field_path=field_path)
+            state.waiting[name] = ("ErrImagePull", message)
+            return None, RETRY_AFTER_ERROR * 5
         key = (_meta(pod).get("uid", ""), image)
         last_failure = self._pull_failures.get(key)
         if last_failure is not None:

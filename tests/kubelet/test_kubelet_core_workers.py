@@ -211,6 +211,14 @@ def test_image_pull_policies(tmp_path, fake_runtime):
             h.workers.update(local)
             await wait_for(lambda: (h.last_status("local") or {}).get("phase") == "Running")
             assert ("pull_image", "kubesmith.local/busybox:latest") not in fake_runtime.calls
+            # A missing local image is an error without a pull (no registry serves it).
+            missing = make_pod(name="missing", uid="u-missing", containers=[
+                {"name": "app", "image": "kubesmith.local/nothing:latest",
+                 "imagePullPolicy": "IfNotPresent"}])
+            h.workers.update(missing)
+            await wait_for(lambda: ((h.container_state(pod="missing") or {}).get("state") or {})
+                           .get("waiting", {}).get("reason") == "ErrImagePull")
+            assert ("pull_image", "kubesmith.local/nothing:latest") not in fake_runtime.calls
             # Always pulls other images.
             fake_runtime.pull_error = None
             always = make_pod(name="always", uid="u-always", containers=[
