@@ -24,6 +24,7 @@ from aiohttp import web
 from kubesmith.api.registry import REGISTRY
 from kubesmith.apiserver import errors
 from kubesmith.apiserver.context import Ctx
+from kubesmith.upgraderelay import read_response_head, relay_upgraded
 
 if TYPE_CHECKING:
     from kubesmith.apiserver.rest import Target
@@ -192,39 +193,6 @@ async def logs(srv: "APIServer", ctx: Ctx, target: "Target", method: str):
         await session.close()
 
 
-class _Relay:
-    """The client's bytes after the upgrade, handed to the kubelet as they arrive."""
-
-    def __init__(self, writer: asyncio.StreamWriter):
-        self.writer = writer
-
-    def feed_data(self, data: bytes):
-        if not self.writer.is_closing():
-            self.writer.write(data)
-        return False, b""
-
-    def feed_eof(self) -> None:
-        if not self.writer.is_closing():
-            try:
-                self.writer.write_eof()
-            except (OSError, RuntimeError):
-                self.writer.close()
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:
-    raw = await reader.readuntil(b"\r\n\r\n")
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError(f"bad status line {lines[0]!r}")
-    headers = []
-    for line in lines[1:]:
-        if ":" in line:
-            name, value = line.split(":", 1)
-            headers.append((name.strip(), value.strip()))
-    return int(parts[1]), headers
-
-
 async def _upgrade(srv: "APIServer", ctx: Ctx, target: "Target", method: str, kind: str):
     request = ctx.request
     pod = await _pod(srv, target)
@@ -263,7 +231,7 @@ async def _upgrade(srv: "APIServer", ctx: Ctx, target: "Target", method: str, ki
             head.append(f"{name}: {value}")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         await writer.drain()
-        status, headers = await asyncio.wait_for(_read_head(reader), CONNECT_TIMEOUT)
+        status, headers = await asyncio.wait_for(read_response_head(reader), CONNECT_TIMEOUT)
     except (OSError, asyncio.TimeoutError, ValueError, asyncio.IncompleteReadError,
             asyncio.LimitOverrunError) as exc:
         writer.close()
@@ -285,30 +253,7 @@ async def _upgrade(srv: "APIServer", ctx: Ctx, target: "Target", method: str, ki
         response = web.Response(status=status, body=body)
         response.headers["Content-Type"] = content_type
         return response
-    response = web.StreamResponse(status=101)
-    for name, value in headers:
-        if name.lower() not in ("content-length", "transfer-encoding", "date", "server"):
-            response.headers.add(name, value)
-    protocol = request.protocol
-    protocol.keep_alive(False)
-    # From here on the client's bytes go to the kubelet untouched.
-    protocol.set_parser(_Relay(writer))
-    await response.prepare(request)
-    await response.write(b"")     # the 101 now: both sides wait for it before speaking
-    transport = request.transport
-    try:
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk or transport is None or transport.is_closing():
-                break
-            await response.write(chunk)
-    except (OSError, asyncio.IncompleteReadError):
-        pass
-    finally:
-        writer.close()
-        if transport is not None:
-            transport.close()
-    return response
+    return await relay_upgraded(request, reader, writer, headers)
 
 
 async def exec_(srv: "APIServer", ctx: Ctx, target: "Target", method: str):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 import ssl
 import sys
 
 from aiohttp import web
 
-from kubesmith.apiserver.main import setup_logging
+from kubesmith import process
 from kubesmith.client.kubeconfig import KubeconfigError
 from kubesmith.controllers import options as flags
 from kubesmith.serving import self_signed_context
@@ -89,11 +88,7 @@ class HealthServer:
 
 async def serve(options: flags.Options) -> int:
     from kubesmith.controllers.manager import run_process
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    return await run_process(options, stop)
+    return await run_process(options, process.stop_on_signals())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         print("Run 'kube-controller-manager --help' for the flags.", file=sys.stderr)
         return 2
-    setup_logging(options.v)
+    process.klog_logging(options.v)
     from kubesmith.controllers.manager import load_controllers
     from kubesmith.controllers.options import check_controller_names
     problems = check_controller_names(options.controllers, load_controllers())

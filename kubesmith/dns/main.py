@@ -43,7 +43,6 @@ import argparse
 import asyncio
 import ipaddress
 import logging
-import signal
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubesmith import process
 from kubesmith.client.informers import DeletedFinalStateUnknown, InformerFactory
 from kubesmith.client.kubeconfig import KubeconfigError
 from kubesmith.client.rest import ApiClient
@@ -339,10 +339,7 @@ async def run(options: Options) -> int:
         log.error("%s", exc)
         return 1
     app = ClusterDns(options, client)
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
+    stopping = process.stop_on_signals()
     try:
         try:
             await app.start()
@@ -358,19 +355,7 @@ async def run(options: Options) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        options = parse(sys.argv[1:] if argv is None else argv)
-    except UsageError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        print("Run 'kubesmith-dns --help' for usage.", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.DEBUG if options.v >= 4 else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    try:
-        return asyncio.run(run(options))
-    except KeyboardInterrupt:
-        return 0
+    return process.command_main("kubesmith-dns", parse, run, argv, usage_errors=UsageError)
 
 
 if __name__ == "__main__":

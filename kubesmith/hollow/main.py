@@ -6,12 +6,10 @@ as when kubelets die); the nodes' objects are left for the node lifecycle contro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
-from kubesmith.apiserver.main import setup_logging
+from kubesmith import process
 from kubesmith.client.rest import ApiClient
 from kubesmith.hollow.nodes import HollowConfig, HollowNodes
 from kubesmith.hollow.objects import parse_duration, parse_labels, parse_taints
@@ -81,41 +79,24 @@ async def run(args: argparse.Namespace) -> None:
                           taints=args.register_with_taints, heartbeat=args.heartbeat,
                           status_interval=args.node_status_report_frequency,
                           workers=args.workers)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = process.stop_on_signals()
     async with ApiClient.from_kubeconfig(args.kubeconfig, component="kubesmith-hollow",
                                          qps=args.kube_api_qps,
                                          burst=args.kube_api_burst) as client:
         nodes = HollowNodes(client, config)
-        starting = asyncio.create_task(nodes.start())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         try:
-            if starting.done():
-                starting.result()
+            if await process.start_unless_stopped(nodes.start(), stop):
                 log.info("running %d hollow nodes", args.nodes)
-                await stopping
+                await stop.wait()
         finally:
-            stopping.cancel()
-            starting.cancel()
-            await asyncio.gather(starting, stopping, return_exceptions=True)
             log.info("stopping: %s", nodes.counts)
             await nodes.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.v)
-    try:
-        asyncio.run(run(args))
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:   # a start that failed: say why in one line
-        log.error("kubesmith-hollow: %s", exc)
-        return 1
-    return 0
+    process.klog_logging(args.v)
+    return process.run_reporting_failure(run(args), "kubesmith-hollow", log=log)
 
 
 if __name__ == "__main__":

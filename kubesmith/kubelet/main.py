@@ -17,14 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from aiohttp import web
 
-from kubesmith.apiserver.main import setup_logging
+from kubesmith import process
 from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import DeletedFinalStateUnknown, InformerFactory
 from kubesmith.client.rest import ApiClient, ApiError
@@ -373,25 +372,15 @@ class Kubelet:
 
 async def run(options: KubeletOptions) -> None:
     from kubesmith.cri.client import RuntimeClient
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = process.stop_on_signals()
     runtime = RuntimeClient(options.config.container_runtime_endpoint,
                             timeout=options.config.runtime_request_timeout)
     async with ApiClient.from_kubeconfig(options.kubeconfig, component="kubelet") as client:
         kubelet = Kubelet(options, client, runtime)
-        starting = asyncio.create_task(kubelet.start())
-        stopping = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            if starting.done():
-                starting.result()
-                await stopping
+            if await process.start_unless_stopped(kubelet.start(), stop):
+                await stop.wait()
         finally:
-            stopping.cancel()
-            starting.cancel()
-            await asyncio.gather(starting, stopping, return_exceptions=True)
             log.info("kubelet stopping; pods keep running")
             await kubelet.stop()
             await runtime.close()
@@ -403,15 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kubelet: {exc}", file=sys.stderr)
         return 1
-    setup_logging(options.verbosity)
-    try:
-        asyncio.run(run(options))
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:    # a start that failed: say why in one line
-        log.error("kubelet: %s", exc, exc_info=options.verbosity >= 4)
-        return 1
-    return 0
+    process.klog_logging(options.verbosity)
+    return process.run_reporting_failure(run(options), "kubelet", log=log,
+                                         traceback=options.verbosity >= 4)
 
 
 if __name__ == "__main__":

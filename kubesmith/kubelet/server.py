@@ -76,6 +76,7 @@ from kubesmith.kubelet import logs
 from kubesmith.kubelet.stats import (CONTAINER_NAME, DEFAULT_POD_LOG_DIR, DEFAULT_ROOT_DIR,
                                      POD_NAME, POD_NAMESPACE, POD_UID, ResourceMetrics,
                                      StatsProvider)
+from kubesmith.upgraderelay import read_response_head, relay_upgraded
 
 log = logging.getLogger(__name__)
 
@@ -697,30 +698,8 @@ class KubeletServer:
         if isinstance(opened, web.Response):
             return opened
         reader, writer, answer_headers = opened
-        response = web.StreamResponse(status=101)
-        for name, value in answer_headers:
-            if name.lower() not in ("content-length", "transfer-encoding", "date", "server"):
-                response.headers.add(name, value)
-        protocol = request.protocol
-        protocol.keep_alive(False)
-        # From here on the client's bytes go to the runtime untouched.
-        protocol.set_parser(_ByteRelay(writer))
-        await response.prepare(request)
-        await response.write(b"")     # the 101 now: both sides wait for it
-        transport = request.transport
-        try:
-            while not self._stopping:
-                chunk = await reader.read(65536)
-                if not chunk or transport is None or transport.is_closing():
-                    break
-                await response.write(chunk)
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            if transport is not None:
-                transport.close()
-        return response
+        return await relay_upgraded(request, reader, writer, answer_headers,
+                                    lambda: self._stopping)
 
     async def _tunnel(self, request: web.Request, url: str, chosen: str) -> web.StreamResponse:
         """Port forwarding tunnelled in WebSocket (kubectl 1.31+): the client speaks SPDY
@@ -766,26 +745,6 @@ class KubeletServer:
         return socket
 
 
-class _ByteRelay:
-    """Takes the place of aiohttp's HTTP parser after an upgrade: the client's bytes
-    go to the runtime's connection as they arrive."""
-
-    def __init__(self, writer: asyncio.StreamWriter):
-        self.writer = writer
-
-    def feed_data(self, data: bytes):
-        if not self.writer.is_closing():
-            self.writer.write(data)
-        return False, b""
-
-    def feed_eof(self) -> None:
-        if not self.writer.is_closing():
-            try:
-                self.writer.write_eof()
-            except (OSError, RuntimeError):
-                self.writer.close()
-
-
 def _upgrade_kind(request: web.Request) -> str | web.Response:
     """"websocket" or "spdy/3.1" for an upgrade request; an error answer otherwise."""
     upgrade = request.headers.get("Upgrade", "").strip().lower()
@@ -800,20 +759,6 @@ def _upgrade_kind(request: web.Request) -> str | web.Response:
 def _offered_protocols(request: web.Request) -> list[str]:
     return [p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", [])
             for p in value.split(",") if p.strip()]
-
-
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:
-    raw = await reader.readuntil(b"\r\n\r\n")
-    lines = raw.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError(f"bad status line {lines[0]!r}")
-    headers = []
-    for line in lines[1:]:
-        if ":" in line:
-            name, value = line.split(":", 1)
-            headers.append((name.strip(), value.strip()))
-    return int(parts[1]), headers
 
 
 async def _open_upgrade(url: str, method: str, headers: list[tuple[str, str]]):
@@ -832,7 +777,8 @@ async def _open_upgrade(url: str, method: str, headers: list[tuple[str, str]]):
         head += [f"{name}: {value}" for name, value in headers]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         await writer.drain()
-        status, answer = await asyncio.wait_for(_read_head(reader), STREAM_CONNECT_TIMEOUT)
+        status, answer = await asyncio.wait_for(read_response_head(reader),
+                                                STREAM_CONNECT_TIMEOUT)
         if status == 101:
             return reader, writer, answer
         length = next((int(v) for k, v in answer if k.lower() == "content-length"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from kubesmith import process
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.rest import ApiClient
 from kubesmith.flags import FlagParser, cidrs, parse_duration, port_or_zero
@@ -114,34 +114,13 @@ async def run(options: Options, *, runner: CommandRunner | None = None,
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", options.healthz_port).start()
 
-    if stopping is None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-    informers.start()
-    stop = asyncio.create_task(stopping.wait())
     try:
-        synced = asyncio.create_task(informers.wait_for_sync(SYNC_TIMEOUT))
-        await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if stopping.is_set():
-            synced.cancel()
-            return 0
-        if not synced.result():
-            log.error("node informer did not sync within %.0fs", SYNC_TIMEOUT)
-            return 1
-        work = asyncio.create_task(agent.run(), name="pod-network")
-        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        status = 0
-        if not stopping.is_set():
-            log.error("agent ended: %r", work.exception() if not work.cancelled() else None)
-            status = 1
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
         # Routes, rules and the CNI file stay: pods keep their network across restarts.
-        return status
+        return await process.run_when_synced(informers, process.stop_on_signals(stopping),
+                                             SYNC_TIMEOUT, agent.run, name="agent",
+                                             task_name="pod-network", what="node informer",
+                                             log=log)
     finally:
-        stop.cancel()
         await informers.shutdown()
         if runner is not None:
             await runner.cleanup()
@@ -149,18 +128,8 @@ async def run(options: Options, *, runner: CommandRunner | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        options = parse(sys.argv[1:] if argv is None else argv)
-    except UsageError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        print("Run 'kubesmith-pod-network --help' for usage.", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.DEBUG if options.v >= 4 else logging.INFO,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    try:
-        return asyncio.run(run(options))
-    except KeyboardInterrupt:
-        return 0
+    return process.command_main("kubesmith-pod-network", parse, run, argv,
+                                usage_errors=UsageError)
 
 
 if __name__ == "__main__":

@@ -21,12 +21,12 @@ import asyncio
 import datetime
 import json
 import logging
-import signal
 import socket
 import sys
 
 from aiohttp import web
 
+from kubesmith import process
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.rest import ApiClient
 from kubesmith.proxy import config as proxy_config
@@ -190,38 +190,16 @@ async def run(config: proxy_config.ProxyConfig, *, runner: CommandRunner | None 
     servers = [await _serve(health_app(health), config.healthz_bind_address, "healthz"),
                await _serve(metrics_app(metrics), config.metrics_bind_address, "metrics")]
 
-    if stopping is None:
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-    informers.start()
-    stop = asyncio.create_task(stopping.wait())
-    status = 0
     try:
-        synced = asyncio.create_task(informers.wait_for_sync(SYNC_TIMEOUT))
-        await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if stopping.is_set():
-            synced.cancel()
-            return 0
-        if not synced.result():
-            log.error("informers did not sync within %.0fs", SYNC_TIMEOUT)
-            return 1
-        work = asyncio.create_task(proxier.run(), name="proxier")
-        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if not stopping.is_set():
-            log.error("proxier ended: %r", work.exception() if not work.cancelled() else None)
-            status = 1
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
+        return await process.run_when_synced(informers, process.stop_on_signals(stopping),
+                                             SYNC_TIMEOUT, proxier.run, name="proxier",
+                                             log=log)
     finally:
-        stop.cancel()
         await informers.shutdown()
         for server in servers:
             if server is not None:
                 await server.cleanup()
         await client.close()
-    return status
 
 
 async def cleanup(config: proxy_config.ProxyConfig, runner: CommandRunner | None = None
@@ -236,21 +214,10 @@ async def cleanup(config: proxy_config.ProxyConfig, runner: CommandRunner | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = proxy_config.parse(sys.argv[1:] if argv is None else argv)
-    except proxy_config.ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        print("Run 'kube-proxy --help' for usage.", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.DEBUG if config.v >= 4 else logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    try:
-        if config.cleanup:
-            return asyncio.run(cleanup(config))
-        return asyncio.run(run(config))
-    except KeyboardInterrupt:
-        return 0
+    def run_or_cleanup(config: proxy_config.ProxyConfig):
+        return cleanup(config) if config.cleanup else run(config)
+    return process.command_main("kube-proxy", proxy_config.parse, run_or_cleanup, argv,
+                                usage_errors=proxy_config.ConfigError)
 
 
 if __name__ == "__main__":

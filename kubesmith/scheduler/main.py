@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 import sys
 import uuid
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from kubesmith import process
 from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import InformerFactory
 from kubesmith.client.leaderelection import JITTER, LeaderElector
@@ -153,38 +153,24 @@ async def run(options: Options) -> int:
         log.info("serving /healthz on https://%s:%d", options.bind_address,
                  options.secure_port)
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-
-    informers.start()
+    stopping = process.stop_on_signals()
     status = 0
-    stop = asyncio.create_task(stopping.wait())
     try:
-        synced = asyncio.create_task(informers.wait_for_sync(SYNC_TIMEOUT))
-        await asyncio.wait({synced, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if stopping.is_set():
-            synced.cancel()
-            return 0
-        if not synced.result():
-            log.error("informers did not sync within %.0fs", SYNC_TIMEOUT)
-            return 1
+        ended = await process.wait_synced_or_stopped(informers, stopping, SYNC_TIMEOUT,
+                                                     log=log)
+        if ended is not None:
+            return ended
         work = asyncio.create_task(elector.run() if elector else scheduler.run(),
                                    name="kube-scheduler")
-        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        if stopping.is_set():
-            work.cancel()       # releases the lease
-            await asyncio.gather(work, return_exceptions=True)
-            log.info("stopped")
-        else:
-            error = work.exception() if not work.cancelled() else None
+        # Cancelling the work releases the lease.
+        if await process.run_until_stopped(work, stopping):
             log.error("leaderelection lost" if lost.is_set() else
-                      f"scheduler ended: {error!r}")
+                      f"scheduler ended: {process.task_error(work)!r}")
             status = 1
+        else:
+            log.info("stopped")
         await scheduler.drain()
     finally:
-        stop.cancel()
         await informers.shutdown()
         if runner is not None:
             await runner.cleanup()
@@ -192,23 +178,17 @@ async def run(options: Options) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        options = parse(sys.argv[1:] if argv is None else argv)
-    except UsageError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        print("Run 'kube-scheduler --help' for usage.", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        level=logging.DEBUG if options.v >= 4 else logging.INFO if options.v >= 0
-        else logging.WARNING,
-        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
-    if options.v < 4:
+def setup_logging(verbosity: int) -> None:
+    """The components' log lines; below --v=0 only warnings, and aiohttp's access log
+    only from --v=4."""
+    process.basic_logging(verbosity, level=logging.WARNING if verbosity < 0 else None)
+    if verbosity < 4:
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    try:
-        return asyncio.run(run(options))
-    except KeyboardInterrupt:
-        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return process.command_main("kube-scheduler", parse, run, argv, usage_errors=UsageError,
+                                setup_logging=setup_logging)
 
 
 if __name__ == "__main__":
