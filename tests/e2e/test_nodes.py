@@ -118,9 +118,12 @@ def web_objects() -> list[dict]:
 def test_nodes_are_ready(lab, kubectl):
     def all_ready():
         nodes = kubectl.json("get", "nodes")["items"]
+        # Ready, and the node lifecycle controller has lifted its not-ready taint (until
+        # then the scheduler passes the node by).
         ready = {n["metadata"]["name"] for n in nodes if any(
             c["type"] == "Ready" and c["status"] == "True"
-            for c in n.get("status", {}).get("conditions", []))}
+            for c in n.get("status", {}).get("conditions", [])) and not any(
+            t["key"].startswith("node.kubernetes.io/") for t in n["spec"].get("taints", []))}
         return {MASTER, *WORKERS} <= ready and nodes
     nodes = {n["metadata"]["name"]: n for n in wait_for(all_ready, "every node Ready", 120)}
     lab.timings.setdefault("lab up to nodes Ready", time.monotonic() - lab.started)
@@ -256,9 +259,9 @@ def test_logs_and_follow(kubectl, client_pod):
         follower.communicate(timeout=10)
 
 
-@pytest.mark.parametrize("version", [v for v in kubectl_builds()
-                                     if v != "default" and int(v.split(".")[1]) >= 30])
+@pytest.mark.parametrize("version", [v for v in kubectl_builds() if v != "default"])
 def test_exec_hostname(lab, kubectl, version, tmp_path):
+    """WebSocket (v5.channel.k8s.io) from kubectl 1.30 on, SPDY from the older builds."""
     other = Kubectl(kubectl_builds()[version], lab.state_dir / "kubeconfigs" / "admin.conf",
                     tmp_path)
     pod = pods(kubectl, "app=web")[0]["metadata"]["name"]
@@ -336,6 +339,59 @@ def test_delete_runs_prestop_within_the_grace_period(lab, kubectl):
     lab.ssh("worker-1", f"rm -f {marker}")
     gone = lab.ssh("worker-1", "ctr -n k8s.io containers ls -q", check=False).stdout
     assert all(len(line) == 64 for line in gone.split())  # only other pods' containers remain
+
+
+def test_deployment_rollout_and_undo_on_real_nodes(kubectl):
+    """Scale, a rolling update within maxUnavailable, undo and cascading delete, with
+    containers really started and stopped (readiness from an exec probe)."""
+    ns = ("-n", NAMESPACE)
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "roll"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "roll"}},
+                 "strategy": {"type": "RollingUpdate",
+                              "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}},
+                 "template": {"metadata": {"labels": {"app": "roll"}}, "spec": {
+                     "terminationGracePeriodSeconds": 2,
+                     "containers": [{
+                         "name": "app", "image": BUSYBOX_IMAGE,
+                         "command": ["sh", "-c", "touch /tmp/ready; "
+                                     "trap 'exit 0' TERM; sleep 3600 & wait"],
+                         "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]},
+                                            "periodSeconds": 1}}]}}}}
+    apply(kubectl, deployment)
+    kubectl("rollout", "status", *ns, "deployment/roll", "--timeout=120s", timeout=150)
+    kubectl("scale", *ns, "deployment/roll", "--replicas=6")
+    kubectl("rollout", "status", *ns, "deployment/roll", "--timeout=120s", timeout=150)
+    kubectl("scale", *ns, "deployment/roll", "--replicas=4")
+    wait_for(lambda: len([p for p in pods(kubectl, "app=roll")
+                          if not p["metadata"].get("deletionTimestamp")]) == 4,
+             "4 pods after scaling down")
+
+    kubectl("set", "image", *ns, "deployment/roll", f"app={PYTHON_IMAGE}")
+    fewest_ready = 4
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        current = [p for p in pods(kubectl, "app=roll")
+                   if not p["metadata"].get("deletionTimestamp")]
+        fewest_ready = min(fewest_ready, sum(map(running_and_ready, current)))
+        images = {p["spec"]["containers"][0]["image"] for p in current}
+        if images == {PYTHON_IMAGE} and len(current) == 4 and all(
+                map(running_and_ready, current)):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the new image did not roll out in 180 s")
+    assert fewest_ready >= 3, f"only {fewest_ready} ready pods during the rollout"
+    assert "2" in kubectl("rollout", "history", *ns, "deployment/roll")
+
+    kubectl("rollout", "undo", *ns, "deployment/roll")
+    kubectl("rollout", "status", *ns, "deployment/roll", "--timeout=180s", timeout=200)
+    assert {p["spec"]["containers"][0]["image"] for p in pods(kubectl, "app=roll")
+            if not p["metadata"].get("deletionTimestamp")} == {BUSYBOX_IMAGE}
+
+    kubectl("delete", *ns, "deployment/roll")
+    wait_for(lambda: not kubectl.json("get", "replicasets", *ns, "-l", "app=roll")["items"]
+             and not pods(kubectl, "app=roll"), "the ReplicaSets and Pods collected", 120)
 
 
 def test_stopped_kubelet_makes_node_not_ready_and_pods_move(lab, kubectl):
