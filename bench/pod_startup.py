@@ -4,10 +4,12 @@
 
 Runs against a deployed cluster (by default the lab's: `bin/kubesmithctl kubeconfig`).
 In a namespace of its own it creates `--pods` busybox pods (image imported by the deploy,
-imagePullPolicy IfNotPresent, so no registry is involved) that the scheduler spreads over
-the workers, and records for each pod the time from the create request to the first
+imagePullPolicy IfNotPresent, so no registry is involved), all at once by default or at a
+steady `--qps` rate as upstream's density tests do, that the scheduler spreads over the
+workers, and records for each pod the time from the create request to the first
 watch event showing it Running with every container started. It prints p50/p90/p99 and
-the worst, how the pods spread over nodes, and the ratio of p99 to upstream's pod
+the worst, how the pods spread over nodes, the startup throughput (pods Running per
+second of the run: all at once, the nodes' limit), and the ratio of p99 to upstream's pod
 startup SLO (5 s at p99) and to the project's target (2 s).
 
 Bounded: pods are created at most `--concurrency` at a time, the wait ends after
@@ -108,13 +110,17 @@ async def run(args) -> int:
             watcher = asyncio.create_task(watch())
             limit = asyncio.Semaphore(args.concurrency)
 
-            async def create(name: str) -> None:
+            start = time.monotonic()
+
+            async def create(index: int) -> None:
+                if args.qps:    # paced: pod i is created at start + i / qps
+                    await asyncio.sleep(max(0.0, start + index / args.qps - time.monotonic()))
+                name = f"p{index:03d}"
                 async with limit:
                     created[name] = time.monotonic()
                     await client.create("pods", bench_pod(name, args.image), namespace)
 
-            start = time.monotonic()
-            await asyncio.gather(*(create(f"p{i:03d}") for i in range(args.pods)))
+            await asyncio.gather(*(create(i) for i in range(args.pods)))
             try:
                 await asyncio.wait_for(done.wait(), args.timeout)
             except asyncio.TimeoutError:
@@ -134,7 +140,10 @@ async def run(args) -> int:
                 await asyncio.sleep(0.5)
 
     latencies = [running[n] - created[n] for n in running]
-    print(f"pods: {args.pods} created, {len(running)} Running within {args.timeout:.0f} s "
+    pacing = f"at {args.qps:g} pods/s" if args.qps else \
+        f"all at once ({args.concurrency} requests in flight)"
+    print(f"pods: {args.pods} created {pacing}, {len(running)} Running within "
+          f"{args.timeout:.0f} s "
           f"(all in {elapsed:.1f} s)")
     if not latencies:
         print("no pod reached Running")
@@ -144,6 +153,7 @@ async def run(args) -> int:
           f"max {max(latencies):.2f} s, mean {statistics.mean(latencies):.2f} s")
     print(f"p99 / upstream SLO ({SLO_P99_SECONDS:.0f} s): {p99 / SLO_P99_SECONDS:.2f}; "
           f"p99 / target ({TARGET_P99_SECONDS:.0f} s): {p99 / TARGET_P99_SECONDS:.2f}")
+    print(f"startup throughput: {len(running) / elapsed:.1f} pods/s Running over the run")
     spread = Counter(nodes.values())
     print("pods per node: " + ", ".join(f"{n} {c}" for n, c in sorted(spread.items())))
     return 0 if len(running) == args.pods else 1
@@ -154,6 +164,9 @@ def main() -> int:
     parser.add_argument("--kubeconfig")
     parser.add_argument("--pods", type=int, default=30)
     parser.add_argument("--concurrency", type=int, default=10)
+    parser.add_argument("--qps", type=float, default=0.0,
+                        help="create pods at this steady rate, as upstream's density tests "
+                             "do (default 0: all at once)")
     parser.add_argument("--image", default="kubesmith.local/busybox:latest")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
