@@ -8,38 +8,16 @@ system:unauthenticated.
 """
 from __future__ import annotations
 
-import functools
 import logging
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
+from kubesmith.identity import UserInfo, user_from_certificate, with_authenticated
 
 log = logging.getLogger(__name__)
 
-AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
 ANONYMOUS = "system:anonymous"
 MASTERS = "system:masters"
-
-
-@dataclass(frozen=True)
-class UserInfo:
-    name: str
-    groups: tuple[str, ...] = ()
-    uid: str = ""
-    extra: dict = field(default_factory=dict, hash=False, compare=False)
-
-    def to_dict(self) -> dict:
-        info: dict = {"username": self.name}
-        if self.uid:
-            info["uid"] = self.uid
-        if self.groups:
-            info["groups"] = list(self.groups)
-        if self.extra:
-            info["extra"] = {k: list(v) for k, v in self.extra.items()}
-        return info
 
 
 class TokenInvalid(Exception):
@@ -53,25 +31,6 @@ class TokenAuthenticator(Protocol):
 
     async def authenticate_token(self, token: str, audiences: list[str] | None = None
                                  ) -> tuple[UserInfo, list[str]] | None: ...
-
-
-@functools.lru_cache(maxsize=1024)
-def user_from_certificate(der: bytes) -> UserInfo | None:
-    """The user a verified client certificate names (parsed once per certificate)."""
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError:
-        return None
-    subject = cert.subject
-    names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not names:
-        return None
-    orgs = tuple(str(a.value) for a in subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME))
-    return UserInfo(str(names[0].value), _with_authenticated(orgs))
-
-
-def _with_authenticated(groups: tuple[str, ...]) -> tuple[str, ...]:
-    return groups if AUTHENTICATED in groups else groups + (AUTHENTICATED,)
 
 
 class Authenticator:
@@ -120,7 +79,7 @@ class Authenticator:
                 continue
             if found is not None:
                 user, good_for = found
-                return (UserInfo(user.name, _with_authenticated(user.groups), user.uid,
+                return (UserInfo(user.name, with_authenticated(user.groups), user.uid,
                                  user.extra), list(good_for), "")
         if problems:
             log.debug("bearer token refused: %s", "; ".join(problems))

@@ -69,7 +69,7 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kubesmith import serving
-from kubesmith.apiserver.authn import AUTHENTICATED, UserInfo, user_from_certificate
+from kubesmith.identity import AUTHENTICATED, UserInfo, user_from_certificate
 from kubesmith.cri import api
 from kubesmith.cri.client import NotFoundError, RuntimeError_
 from kubesmith.kubelet import logs
