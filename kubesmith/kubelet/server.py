@@ -569,30 +569,19 @@ class KubeletServer:
         command = query.getall("command", [])
         if kind == "exec" and not command:
             return _text(400, "you must specify at least one command for the container")
-        namespace, pod_name = request.match_info["namespace"], request.match_info["pod"]
         container = request.match_info["container"]
-        pod = self.get_pod(namespace, pod_name)
-        if pod is None:
-            return _text(404, "pod does not exist")
-        uid = request.match_info.get("uid")
-        if uid and (pod.get("metadata") or {}).get("uid") != uid:
-            return _text(404, "pod not found")
+        pod = self._pod_at(request)
+        if isinstance(pod, web.Response):
+            return pod
 
-        upgrade = _upgrade_kind(request)
-        if isinstance(upgrade, web.Response):
-            return upgrade
-        chosen = None
-        if upgrade == "websocket":
-            offered = _offered_protocols(request)
-            chosen = next((p for p in offered if p in STREAM_PROTOCOLS), None)
-            if chosen is None:
-                return _text(400, f"unable to upgrade: unable to negotiate protocol: client "
-                             f"supports {offered}, server supports {sorted(STREAM_PROTOCOLS)}")
-            if chosen == V5 and stdin:
-                # The runtime's WebSocket (v4) cannot carry the end of stdin; refusing
-                # the upgrade makes kubectl fall back to SPDY, which can (see above).
-                return _text(400, "unable to upgrade: stdin over v5.channel.k8s.io is "
-                             "served over SPDY/3.1 by this kubelet")
+        chosen = _stream_protocol(request, STREAM_PROTOCOLS)
+        if isinstance(chosen, web.Response):
+            return chosen
+        if chosen == V5 and stdin:
+            # The runtime's WebSocket (v4) cannot carry the end of stdin; refusing the
+            # upgrade makes kubectl fall back to SPDY, which can (see above).
+            return _text(400, "unable to upgrade: stdin over v5.channel.k8s.io is "
+                         "served over SPDY/3.1 by this kubelet")
 
         running = [c for c in await self._attempts(pod, container)
                    if c.state == api.CONTAINER_RUNNING]
@@ -614,26 +603,26 @@ class KubeletServer:
             return await self._relay_upgrade(request, url)
         return await self._relay_websocket(request, url, chosen, STREAM_PROTOCOLS[chosen])
 
-    async def _port_forward(self, request: web.Request) -> web.StreamResponse:
-        namespace, pod_name = request.match_info["namespace"], request.match_info["pod"]
-        pod = self.get_pod(namespace, pod_name)
+    def _pod_at(self, request: web.Request) -> dict | web.Response:
+        """The pod a streaming path names (namespace, pod, and the uid when given), or the
+        404 answer."""
+        pod = self.get_pod(request.match_info["namespace"], request.match_info["pod"])
         if pod is None:
             return _text(404, "pod does not exist")
-        meta = pod.get("metadata") or {}
         uid = request.match_info.get("uid")
-        if uid and meta.get("uid") != uid:
+        if uid and (pod.get("metadata") or {}).get("uid") != uid:
             return _text(404, "pod not found")
-        upgrade = _upgrade_kind(request)
-        if isinstance(upgrade, web.Response):
-            return upgrade
-        chosen = None
-        if upgrade == "websocket":
-            offered = _offered_protocols(request)
-            chosen = next((p for p in offered if p in PORT_FORWARD_PROTOCOLS), None)
-            if chosen is None:
-                return _text(400, f"unable to upgrade: unable to negotiate protocol: client "
-                             f"supports {offered}, server supports "
-                             f"{sorted(PORT_FORWARD_PROTOCOLS)}")
+        return pod
+
+    async def _port_forward(self, request: web.Request) -> web.StreamResponse:
+        namespace, pod_name = request.match_info["namespace"], request.match_info["pod"]
+        pod = self._pod_at(request)
+        if isinstance(pod, web.Response):
+            return pod
+        meta = pod.get("metadata") or {}
+        chosen = _stream_protocol(request, PORT_FORWARD_PROTOCOLS)
+        if isinstance(chosen, web.Response):
+            return chosen
         try:
             ports = [int(p) for value in request.query.getall("ports", [])
                      for p in value.split(",") if p.strip()]
@@ -759,6 +748,22 @@ def _upgrade_kind(request: web.Request) -> str | web.Response:
 def _offered_protocols(request: web.Request) -> list[str]:
     return [p.strip() for value in request.headers.getall("Sec-WebSocket-Protocol", [])
             for p in value.split(",") if p.strip()]
+
+
+def _stream_protocol(request: web.Request, supported) -> str | None | web.Response:
+    """The WebSocket subprotocol to answer with (the client's first that `supported`
+    holds), None for a SPDY upgrade, or the error answer for a bad upgrade."""
+    upgrade = _upgrade_kind(request)
+    if isinstance(upgrade, web.Response):
+        return upgrade
+    if upgrade != "websocket":
+        return None
+    offered = _offered_protocols(request)
+    chosen = next((p for p in offered if p in supported), None)
+    if chosen is None:
+        return _text(400, f"unable to upgrade: unable to negotiate protocol: client "
+                     f"supports {offered}, server supports {sorted(supported)}")
+    return chosen
 
 
 async def _open_upgrade(url: str, method: str, headers: list[tuple[str, str]]):
