@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any, Iterable
 
 from kubesmith.api.openapi import v2_document
+from kubesmith.protowire import length_delimited, varint
 
 CONTENT_TYPE = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 ACCEPT_TYPES = ("application/com.github.proto-openapi.spec.v2@v1.0+protobuf", CONTENT_TYPE)
@@ -29,40 +30,24 @@ ACCEPT_TYPES = ("application/com.github.proto-openapi.spec.v2@v1.0+protobuf", CO
 
 # --- wire format --------------------------------------------------------------------------
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _bytes_field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def _str(number: int, value: str | None) -> bytes:
     if not value:
         return b""
-    return _bytes_field(number, value.encode())
+    return length_delimited(number, value.encode())
 
 
 def _strs(number: int, values: Iterable[str] | None) -> bytes:
-    return b"".join(_bytes_field(number, v.encode()) for v in values or ())
+    return b"".join(length_delimited(number, v.encode()) for v in values or ())
 
 
 def _bool(number: int, value: bool | None) -> bytes:
-    return _varint(number << 3) + b"\x01" if value else b""
+    return varint(number << 3) + b"\x01" if value else b""
 
 
 def _msg(number: int, payload: bytes, always: bool = False) -> bytes:
     if not payload and not always:
         return b""
-    return _bytes_field(number, payload)
+    return length_delimited(number, payload)
 
 
 # --- messages -----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from yarl import URL
 
 from kubesmith.cri.client import NotFoundError, RuntimeClient, RuntimeError_
 from kubesmith.kubelet.envvars import go_quote
+from kubesmith.protowire import length_delimited
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -465,7 +466,7 @@ async def grpc_probe(host: str, port: int, service: str, timeout: float) -> Prob
     import grpc
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     encoded = service.encode()
-    request = (b"\x0a" + _varint(len(encoded)) + encoded) if encoded else b""
+    request = length_delimited(1, encoded) if encoded else b""   # field 1: service
     async with grpc.aio.insecure_channel(target) as channel:
         check = channel.unary_unary("/grpc.health.v1.Health/Check")
         try:
@@ -485,15 +486,3 @@ async def grpc_probe(host: str, port: int, service: str, timeout: float) -> Prob
         return ProbeResult(True)
     return ProbeResult(False, f'service unhealthy (responded with '
                               f'"{_SERVING_STATUS.get(status, status)}")')
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
