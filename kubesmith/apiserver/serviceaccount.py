@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from kubesmith.api.times import parse_rfc3339
 from kubesmith.api import validation
 from kubesmith.api.registry import REGISTRY
 from kubesmith.apiserver import admission, errors, negotiation, objectmeta, tokens
@@ -91,21 +92,11 @@ def _uid(obj: Obj | None) -> str:
     return ((obj or {}).get("metadata") or {}).get("uid", "")
 
 
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=datetime.timezone.utc).timestamp()
-    except ValueError:
-        return None
-
-
 def _gone(obj: Obj | None, uid: str, now: float) -> bool:
     """The bound object no longer backs a token: absent, replaced, or long deleted."""
     if obj is None or (uid and _uid(obj) != uid):
         return True
-    deleted = _parse_time((obj.get("metadata") or {}).get("deletionTimestamp"))
+    deleted = parse_rfc3339((obj.get("metadata") or {}).get("deletionTimestamp"))
     return deleted is not None and deleted < now - DELETED_GRACE
 
 

@@ -16,9 +16,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from datetime import datetime, timezone
 from typing import Any
 
+from kubesmith.api.times import rfc3339
 from kubesmith.client.rest import ApiClient, ApiError, is_not_found
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,6 @@ Obj = dict[str, Any]
 NORMAL, WARNING = "Normal", "Warning"
 MAX_PENDING = 1000      # emitted events not written yet; upstream's broadcaster queue size
 WRITERS = 8             # events written at once (each about a different object)
-
-
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def object_reference(obj: Obj, field_path: str = "") -> Obj:
@@ -102,7 +98,7 @@ class EventRecorder:
         namespace = involved.get("namespace") or "default"
         identity = (involved.get("uid"), involved.get("kind"), namespace,
                     involved.get("name"), field_path, event_type, reason, message)
-        timestamp = now_rfc3339()
+        timestamp = rfc3339()
         try:
             seen = self._seen.get(identity)
             if seen is not None and time.monotonic() - seen[3] < self.window:

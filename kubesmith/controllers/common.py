@@ -22,11 +22,11 @@ import copy
 import logging
 import math
 import time
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import orjson
 
+from kubesmith.api.times import parse_rfc3339 as parse_time, rfc3339
 from kubesmith.api.validation import selector_is_empty, selector_matches
 from kubesmith.client.informers import DeletedFinalStateUnknown, namespace_key
 from kubesmith.client.rest import ApiClient, ApiError, is_already_exists, is_not_found
@@ -47,17 +47,7 @@ SLOW_START_INITIAL_BATCH = 1
 # --- time -----------------------------------------------------------------------------
 
 def now_rfc3339(clock: Callable[[], float] = time.time) -> str:
-    return datetime.fromtimestamp(clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> float | None:
-    """Seconds since the epoch of an RFC 3339 timestamp (None for none)."""
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    return rfc3339(clock())
 
 
 # --- objects --------------------------------------------------------------------------

@@ -12,9 +12,9 @@ NamespaceFinalizersRemaining.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Any
 
+from kubesmith.api.times import rfc3339
 from kubesmith.api import REGISTRY, ResourceType
 from kubesmith.client.informers import DeletedFinalStateUnknown
 from kubesmith.client.rest import ApiError, is_conflict, is_not_found
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 FINALIZER = "kubernetes"
-
-
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def namespaced_resources() -> list[ResourceType]:
@@ -49,7 +45,7 @@ def namespaced_resources() -> list[ResourceType]:
 
 def _condition(kind: str, failed: bool, reason: str, message: str) -> Obj:
     return {"type": kind, "status": "True" if failed else "False",
-            "lastTransitionTime": now_rfc3339(), "reason": reason, "message": message}
+            "lastTransitionTime": rfc3339(), "reason": reason, "message": message}
 
 
 # Upstream's condition reasons and messages when all is well.

@@ -36,9 +36,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
+from kubesmith.api.times import rfc3339
 from kubesmith.client.informers import DeletedFinalStateUnknown, namespace_key, split_key
 from kubesmith.client.rest import ApiError, is_conflict, is_not_found
 from kubesmith.client.workqueue import WorkQueue, run_workers
@@ -69,10 +69,6 @@ TAINT_EVICTION_WORKERS = 8      # upstream's UpdateWorkerSize
 ZONE_LABEL = "topology.kubernetes.io/zone"
 REGION_LABEL = "topology.kubernetes.io/region"
 NORMAL, PARTIAL_DISRUPTION, FULL_DISRUPTION = "Normal", "PartialDisruption", "FullDisruption"
-
-
-def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def pod_node_name(pod: Obj) -> list[str]:
@@ -145,7 +141,7 @@ def reconcile_taints(node: Obj, *, new_no_execute: bool = True,
     for key, effect in sorted(wanted - have):
         taint = {"key": key, "effect": effect}
         if effect == "NoExecute":
-            taint["timeAdded"] = now_rfc3339()
+            taint["timeAdded"] = rfc3339()
         kept.append(taint)
     return kept
 
@@ -315,7 +311,7 @@ class NodeLifecycleController:
         """Conditions Unknown on the live node; the node as written (None: unchanged)."""
         node = await self.client.get("v1 nodes", name)
         conditions = list((node.get("status") or {}).get("conditions") or [])
-        now = now_rfc3339()
+        now = rfc3339()
         changed = False
         for kind in MONITORED_CONDITIONS:
             found = next((c for c in conditions if c.get("type") == kind), None)
@@ -375,7 +371,7 @@ class NodeLifecycleController:
             if not any(c.get("type") == "Ready" and c.get("status") == "True"
                        for c in conditions):
                 continue
-            now = now_rfc3339()
+            now = rfc3339()
             fixed = [dict(c, status="False", lastTransitionTime=now)
                      if c.get("type") == "Ready" else c for c in conditions]
             try:
@@ -498,7 +494,7 @@ class TaintEvictionController:
                 "type": "DisruptionTarget", "status": "True",
                 "reason": "DeletionByTaintManager",
                 "message": "Taint manager: deleting due to NoExecute taint",
-                "lastTransitionTime": now_rfc3339()}]}}, namespace,
+                "lastTransitionTime": rfc3339()}]}}, namespace,
                 patch_type="strategic", subresource="status")
             await self.client.delete("v1 pods", name, namespace,
                                      preconditions={"uid": meta.get("uid")})

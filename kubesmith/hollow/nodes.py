@@ -35,9 +35,9 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
+from kubesmith.api.times import parse_rfc3339
 from kubesmith.client.informers import (DeletedFinalStateUnknown, InformerFactory,
                                         SharedInformer, namespace_key)
 from kubesmith.client.leaderelection import micro_time
@@ -130,16 +130,6 @@ class _Node:
 
 def _meta(obj: Obj) -> Obj:
     return obj.get("metadata") or {}
-
-
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(
-            tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
 
 
 class HollowNodes:
@@ -434,7 +424,7 @@ class HollowNodes:
         at_text = status.get("startTime") or rfc3339()
         requests = pod_requests(pod.get("spec") or {})
         started = _Started(node.spec.name, "" if host_network else ip,
-                           _parse_time(at_text) or time.time(), at_text, requests)
+                           parse_rfc3339(at_text) or time.time(), at_text, requests)
         node.admit(requests)
         self._started[_meta(pod).get("uid", "")] = started
         return started

@@ -18,12 +18,12 @@ import asyncio
 import logging
 import os
 import sys
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from aiohttp import web
 
 from kubesmith import process
+from kubesmith.api.times import rfc3339
 from kubesmith.client.events import EventRecorder
 from kubesmith.client.informers import DeletedFinalStateUnknown, InformerFactory
 from kubesmith.client.rest import ApiClient, ApiError
@@ -44,10 +44,6 @@ MIRROR_SYNC_PERIOD = 5.0
 
 def _meta(obj: Obj) -> Obj:
     return obj.get("metadata") or {}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Kubelet:
@@ -222,7 +218,7 @@ class Kubelet:
             if uid not in pods:
                 # The manifest is gone: the pod stops as if deleted with its grace period.
                 gone = dict(pod, metadata=dict(
-                    _meta(pod), deletionTimestamp=_now(),
+                    _meta(pod), deletionTimestamp=rfc3339(),
                     deletionGracePeriodSeconds=(pod.get("spec") or {}).get(
                         "terminationGracePeriodSeconds", 30)))
                 self.workers.update(gone)

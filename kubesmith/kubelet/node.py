@@ -34,7 +34,7 @@ from kubesmith.client.leaderelection import micro_time
 from kubesmith.client.rest import (ApiClient, ApiError, is_already_exists, is_conflict,
                                    is_not_found)
 from kubesmith.kubelet.config import KubeletOptions
-from kubesmith.kubelet.status import rfc3339
+from kubesmith.api.times import rfc3339
 
 log = logging.getLogger(__name__)
 

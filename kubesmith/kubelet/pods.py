@@ -41,11 +41,11 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import aiohttp
 
+from kubesmith.api.times import parse_rfc3339
 from kubesmith.client.events import NORMAL, WARNING, EventRecorder
 from kubesmith.client.rest import ApiClient, ApiError, is_conflict, is_not_found
 from kubesmith.cri import api
@@ -538,7 +538,7 @@ class PodWorkers:
         """Seconds left of the pod's activeDeadlineSeconds (from its startTime), or None."""
         seconds = _spec(state.pod).get("activeDeadlineSeconds")
         status = self.deps.status.cached(uid) or state.pod.get("status") or {}
-        started = _parse_time(status.get("startTime"))
+        started = parse_rfc3339(status.get("startTime"))
         if seconds is None or started is None:
             return None
         return started + float(seconds) - time.time()
@@ -1015,17 +1015,6 @@ class PodWorkers:
             pass
         except RuntimeError_ as exc:
             log.warning("runtime: %s", exc)
-
-
-def _parse_time(text: str | None) -> float | None:
-    """Seconds since the epoch of a metav1.Time ("2026-01-01T00:00:00Z"), or None."""
-    if not text:
-        return None
-    try:
-        return datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(
-            tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
 
 
 def _go_duration(seconds: int) -> str:

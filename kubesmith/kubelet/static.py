@@ -32,7 +32,7 @@ import yaml
 from kubesmith.api.podspec import default_pod_spec
 from kubesmith.client.rest import (ApiClient, ApiError, is_already_exists, is_conflict,
                                    is_not_found)
-from kubesmith.kubelet.status import rfc3339
+from kubesmith.api.times import rfc3339
 
 log = logging.getLogger(__name__)
 

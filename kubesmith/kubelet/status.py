@@ -20,9 +20,9 @@ import asyncio
 import copy
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable
 
+from kubesmith.api.times import rfc3339
 from kubesmith.client.rest import ApiClient, ApiError, is_conflict, is_not_found
 from kubesmith.client.workqueue import WorkQueue, run_workers
 
@@ -37,12 +37,6 @@ KUBELET_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "ContainersRea
 # A waiting reason the pod worker gives for a container it could not start.
 CREATING = "ContainerCreating"
 INITIALIZING = "PodInitializing"
-
-
-def rfc3339(seconds: float | None = None) -> str:
-    moment = (datetime.fromtimestamp(seconds, timezone.utc) if seconds
-              else datetime.now(timezone.utc))
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -129,7 +123,7 @@ def container_status(container: Obj, runtime: PodRuntime, *, waiting: tuple[str,
                       restartCount=latest.restart_count)
     previous = next((c for c in history[1:] if c.state == "exited"), None)
     if latest is not None and latest.state == "running":
-        status["state"] = {"running": {"startedAt": rfc3339(latest.started_at)}}
+        status["state"] = {"running": {"startedAt": rfc3339(latest.started_at or None)}}
         status["ready"] = ready
         status["started"] = True if started is None else started
         if previous is not None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import calendar
 import logging
 import os
 import shutil
@@ -41,6 +40,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from kubesmith.api.times import parse_rfc3339
 from kubesmith.api.validation import parse_quantity
 from kubesmith.client.rest import ApiClient, ApiError, is_not_found
 from kubesmith.cri import api
@@ -301,15 +301,6 @@ def downward_payload(pod: Obj, items: list[Obj], default_mode: int,
     return payload
 
 
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    try:
-        return float(calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")))
-    except ValueError:
-        return None
-
-
 @dataclass
 class _Token:
     token: str
@@ -541,7 +532,7 @@ class VolumeManager:
         if not status.get("token"):
             raise VolumeError("failed to fetch token: the TokenRequest returned no token")
         ttl = float((answer.get("spec") or {}).get("expirationSeconds") or expiration)
-        expires = _parse_time(status.get("expirationTimestamp")) or now + ttl
+        expires = parse_rfc3339(status.get("expirationTimestamp")) or now + ttl
         # A server may extend a token's life beyond what was asked; renewal still goes
         # by the lifetime asked for, counted from when it was issued.
         issued = min(now, expires - ttl)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from datetime import datetime, timezone
 from typing import Any
 
+from kubesmith.api.times import rfc3339
 from kubesmith.client.events import NORMAL, WARNING, EventRecorder
 from kubesmith.client.informers import DeletedFinalStateUnknown, InformerFactory
 from kubesmith.client.rest import ApiClient, ApiError, is_conflict, is_not_found
@@ -33,10 +33,6 @@ Obj = dict[str, Any]
 MAX_BINDS_IN_FLIGHT = 64
 # Node fields whose change may let an unschedulable pod fit.
 _NODE_SPEC_FIELDS = ("taints", "unschedulable")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _scheduling_view(pod: Obj) -> tuple:
@@ -236,7 +232,7 @@ class Scheduler:
     async def _set_unschedulable(self, info: PodInfo, message: str) -> None:
         patch = {"status": {"conditions": [{
             "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-            "message": message, "lastProbeTime": None, "lastTransitionTime": _now()}]}}
+            "message": message, "lastProbeTime": None, "lastTransitionTime": rfc3339()}]}}
         try:
             await self.client.patch("v1 pods", info.name, patch, info.namespace,
                                     patch_type="strategic", subresource="status")
