@@ -86,7 +86,11 @@ class EndpointSliceController(ServicePodTracker):
                                                                     f"{CONTROLLER_NAME}")
         self.nodes = ctx.informers.informer("v1 nodes")
         super().__init__(ctx.informers.informer("v1 services"), ctx.informers.informer("v1 pods"))
+        # A slice appearing brings its service back too: one made twice by syncs that ran
+        # before the cache showed the first is then deleted (upstream's slice tracker
+        # resyncs on an unexpected add as well).
         self.slices.add_event_handler(
+            on_add=self._slice_changed,
             on_update=lambda old, new: self._slice_changed(new),
             on_delete=lambda obj: self._slice_changed(getattr(obj, "obj", obj)))
         # Endpoints carry their node's zone: a node seen (or relabelled) after its pods
