@@ -196,17 +196,28 @@ class LeaderElector:
             return
 
         async def release() -> None:
-            lease = await self.client.get(LEASES, self.name, self.namespace)
-            spec = lease.get("spec") or {}
-            if spec.get("holderIdentity") != self.identity:
+            # A renewal cancelled in flight may still land after our read: on 409
+            # Conflict read again (bounded by the wait_for below).
+            while True:
+                lease = await self.client.get(LEASES, self.name, self.namespace)
+                spec = lease.get("spec") or {}
+                if spec.get("holderIdentity") != self.identity:
+                    return
+                now = micro_time()
+                new_spec = dict(spec, holderIdentity="", leaseDurationSeconds=1,
+                                acquireTime=now, renewTime=now)
+                try:
+                    updated = await self.client.update(
+                        LEASES, dict(lease, spec=new_spec), self.namespace)
+                except ApiError as exc:
+                    if is_conflict(exc):
+                        await asyncio.sleep(0.05)
+                        continue
+                    raise
+                self._observe(updated.get("spec") or {})
+                log.info("%s: released lease %s/%s", self.identity, self.namespace,
+                         self.name)
                 return
-            now = micro_time()
-            new_spec = dict(spec, holderIdentity="", leaseDurationSeconds=1,
-                            acquireTime=now, renewTime=now)
-            updated = await self.client.update(LEASES, dict(lease, spec=new_spec),
-                                               self.namespace)
-            self._observe(updated.get("spec") or {})
-            log.info("%s: released lease %s/%s", self.identity, self.namespace, self.name)
 
         try:
             await asyncio.wait_for(release(), self.renew_deadline)
