@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+import orjson
+
 from kubesmith.api import schema
 from kubesmith.api.registry import ResourceType
 from kubesmith.apiserver import objectmeta
@@ -79,7 +81,10 @@ def _shape(node: "schema.Node | None", value: Any) -> str:
 
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:    # what orjson refuses (integers past 64 bits, say)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def item_element(node: "schema.Node | None", item: Any, index: int) -> str:
@@ -238,6 +243,44 @@ def _added(node, new, path: Path, in_item: bool, added: FieldSet) -> None:
         added.add(sub_path)
     if path:
         added.add(path)
+
+
+def added_fields_v1(node, value: Any, in_item: bool = False) -> dict | None:
+    """FieldsV1 of `_added` from nothing to `value`, built directly: what
+    encode(_added(...)) gives, without the path tuples (every create takes this path).
+    None when nothing is added."""
+    shape = _shape(node, value)
+    if shape == LEAF or _empty(value):
+        return {}
+    children: dict = {}
+    if shape in (STRUCT, MAP):
+        for key, sub in value.items():
+            if sub is not None:
+                grown = added_fields_v1(child(node, key), sub, in_item)
+                if grown is not None:
+                    children["f:" + str(key)] = grown
+        member = shape == MAP or in_item
+    else:
+        items = child(node, "*")
+        for element, item in _items(node, value).items():
+            grown = added_fields_v1(items, item, True) if shape == ASSOC else None
+            children[element] = ({".": {}, **grown} if grown and "." not in grown
+                                 else grown or {})
+        member = True
+    if not children:
+        return {} if member else None
+    return _rendered(children, member)
+
+
+def _rendered(children: dict, member: bool) -> dict:
+    """A FieldsV1 node: `".": {}` first when a member, then children in upstream's order."""
+    keys = sorted(children)
+    if keys[0][:1] != keys[-1][:1]:
+        keys.sort(key=_element_order)
+    out: dict = {".": {}} if member else {}
+    for key in keys:
+        out[key] = children[key]
+    return out
 
 
 def without(paths: FieldSet, prefixes: Iterable[Path]) -> FieldSet:
@@ -454,6 +497,9 @@ def record_update(rt: ResourceType, manager: str, subresource: str, old: dict | 
     if node is None:
         return
     entries = _base_entries(old, new)
+    if old is None and not entries and subresource == "":
+        _record_create(rt, node, manager, new)
+        return
     added, modified, removed = compare(node, _body(old) or {}, _body(new))
     changed = scoped(rt, subresource, added | modified)
     removed = without(removed, _STRIPPED)
@@ -470,6 +516,34 @@ def record_update(rt: ResourceType, manager: str, subresource: str, old: dict | 
         mine.fields |= changed
         mine.time = objectmeta.timestamp()
     set_entries(new, entries)
+
+
+def _record_create(rt: ResourceType, node, manager: str, new: dict) -> None:
+    """record_update's result for a create with no managedFields given: the creator's
+    one Update entry owning every field it set, built straight as FieldsV1."""
+    fields = added_fields_v1(node, _body(new)) or {}
+    # The object itself is never a member ("."), whatever its schema.
+    fields = {k: v for k, v in fields.items() if k != "." and k not in _TOP_STRIPPED and
+              not (k == "f:status" and rt.has_status)}
+    meta_fields = fields.get("f:metadata")
+    if meta_fields:
+        kept = {k: v for k, v in meta_fields.items() if k not in _META_STRIPPED}
+        if kept:
+            fields["f:metadata"] = kept
+        else:
+            del fields["f:metadata"]
+    meta = objectmeta.meta(new)
+    if not fields:
+        meta.pop("managedFields", None)
+        return
+    meta["managedFields"] = [{"manager": manager, "operation": UPDATE,
+                              "apiVersion": rt.api_version, "time": objectmeta.timestamp(),
+                              "fieldsType": FIELDS_TYPE, "fieldsV1": fields}]
+
+
+# _STRIPPED as FieldsV1 keys: at the top level and under metadata.
+_TOP_STRIPPED = {p[0] for p in _STRIPPED if len(p) == 1}
+_META_STRIPPED = {p[1] for p in _STRIPPED if len(p) == 2 and p[0] == "f:metadata"}
 
 
 def set_entries(obj: dict, entries: list[Entry]) -> None:
