@@ -314,7 +314,10 @@ class Bench:
         conf = self.kubeconfigs / "scheduler.conf"
         return self.processes.start("kube-scheduler", [
             PYTHON, "-m", "kubesmith.scheduler.main", f"--kubeconfig={conf}",
-            "--leader-elect=false", *self.scheduler_flags])
+            "--leader-elect=false", *self.scheduler_flags,
+            # Client rate limits out of the way, as upstream's scheduler_perf sets them
+            # (5000/5000): the scheduler's rate is measured, not its client throttle.
+            "--kube-api-qps=5000", "--kube-api-burst=5000"])
 
     def start_controller_manager(self) -> subprocess.Popen:
         # Upstream's controller identities are per-controller service accounts

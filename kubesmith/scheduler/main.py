@@ -51,10 +51,10 @@ class Options:
     leader_elect_retry_period: float = 2.0
     leader_elect_resource_namespace: str = "kube-system"
     leader_elect_resource_name: str = "kube-scheduler"
-    # Upstream's default is 50/100; binds, events and status writes of 200+ pods a
-    # second need more.
-    kube_api_qps: float = 500.0
-    kube_api_burst: int = 1000
+    # Upstream's defaults, which protect the API server; scheduling 200+ pods a second
+    # (binds and events) needs more: --kube-api-qps/--kube-api-burst.
+    kube_api_qps: float = 50.0
+    kube_api_burst: int = 100
     v: int = 0
 
 
@@ -77,8 +77,8 @@ def _parser() -> FlagParser:
     flag("--leader-elect-retry-period", parse_duration, "default 2s")
     flag("--leader-elect-resource-namespace", help_="default kube-system")
     flag("--leader-elect-resource-name", help_="default kube-scheduler")
-    flag("--kube-api-qps", float, "requests per second to the API server (default 500)")
-    flag("--kube-api-burst", int, "burst of requests to the API server (default 1000)")
+    flag("--kube-api-qps", float, "requests per second to the API server (default 50)")
+    flag("--kube-api-burst", int, "burst of requests to the API server (default 100)")
     parser.verbosity_flag()
     return parser
 
