@@ -31,6 +31,11 @@ Measured, in order (one HTTPS client with the admin certificate, keep-alive conn
   from a timestamp the writer puts in the pod just before sending it, to the moment the
   watcher has read its line; also given from the create's acknowledgement.
 
+Every phase prints the CPU each operation cost the server, etcd and this client (from
+/proc). The summary says where the create rate stands against raw etcd's, and what the
+target rate (half the raw put rate) would cost: etcd's and the client's share of the
+machine's cores, and the CPU a create that leaves the API server.
+
 Figures depend on the machine and on what else runs on it; they are printed, never
 compared against anything (the "target" lines only say where the figure stands).
 """
@@ -553,6 +558,20 @@ async def raw_etcd(store: EtcdStore, writers: int, count: int, max_seconds: floa
 
 # --- the run ------------------------------------------------------------------------------
 
+def cpu_budget(rate: float, cpu_ms: dict) -> dict | None:
+    """What `rate` creates a second would cost in CPU on this machine, from the per-create
+    CPU measured in the create phase: etcd's and the client's share, and what is left
+    for the API server (the bound on the create rate when the machine is CPU-bound)."""
+    if not rate or cpu_ms.get("server") is None or cpu_ms.get("etcd") is None:
+        return None
+    cores = len(os.sched_getaffinity(0))
+    others = cpu_ms["etcd"] + cpu_ms.get("client", 0.0)
+    return {"rate": round(rate, 1), "cores": cores, "others_ms": round(others, 3),
+            "others_cores": round(others * rate / 1000, 2),
+            "server_budget_ms": round(cores * 1000 / rate - others, 3),
+            "server_ms": cpu_ms["server"]}
+
+
 def say(args, text: str = "") -> None:
     if not args.json:
         print(text, flush=True)
@@ -706,6 +725,15 @@ async def bench(args, url: str, context: ssl.SSLContext, etcd, cpu: CPU) -> dict
             targets["creates_over_raw_create"] = round(ratio_c, 3)
             say(args, f"  creates/raw etcd = {ratio:.2f} (target >= 0.50)   "
                       f"[over raw etcd create txns: {ratio_c:.2f}]")
+            budget = cpu_budget(results["etcd"]["put"]["ops_per_s"] * 0.5,
+                                merged.get("cpu_ms") or {})
+            if budget:
+                targets["cpu_budget"] = budget
+                say(args, f"  CPU at the target rate ({budget['rate']:.0f} creates/s, "
+                          f"{budget['cores']} cores): etcd + this client alone take "
+                          f"{budget['others_ms']:.2f} ms a create = {budget['others_cores']:.2f}"
+                          f" cores, leaving the API server {budget['server_budget_ms']:.2f} ms "
+                          f"a create (it takes {budget['server_ms']:.2f} ms)")
         targets["get_p99_ms"] = fixed["p99_ms"]
         say(args, f"  GET p99 at {args.get_rate:g}/s = {fixed['p99_ms']:.2f} ms "
                   f"(target <= 20 ms)")
