@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -20,35 +21,21 @@ from kubesmith.client.rest import ApiClient, ApiError, is_forbidden, is_not_foun
 from kubesmith.controllers.context import ControllerContext
 from kubesmith.controllers.credentials import CONTROLLER_SERVICE_ACCOUNTS
 from kubesmith.controllers.common import is_pod_ready, meta
-from kubesmith.store.testing import etcd_available
+from tests.apiserver import module_cluster
 from tests.apiserver.harness import Cluster
+from tests.client import helpers
 
 Obj = dict[str, Any]
 
+# The `cluster` fixture: an API server of this module's own, no controller manager on it.
+cluster = module_cluster.cluster
 
-@pytest.fixture(scope="module")
-def cluster():
-    if not etcd_available():
-        pytest.skip("needs /usr/bin/etcd (etcd-server)")
-    with Cluster() as running:
-        yield running
+# Controllers converging through a real API server take longer than the client tests'
+# default allows.
+eventually = functools.partial(helpers.eventually, timeout=20.0, interval=0.1)
 
 
 # --- helpers --------------------------------------------------------------------------
-
-async def eventually(check, timeout: float = 20.0, interval: float = 0.1, what: str = ""):
-    """Poll `check()` (plain or async) until truthy; its value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true after {timeout}s: {what or check}")
-        await asyncio.sleep(interval)
-
 
 def account_client(cluster: Cluster, controller_class) -> ApiClient:
     """A client that is the controller's own ServiceAccount (as the manager's

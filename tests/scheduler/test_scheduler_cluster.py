@@ -3,6 +3,7 @@ behaviour, and as two `kube-scheduler` processes for leader election."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import ssl
 import subprocess
@@ -17,23 +18,14 @@ from kubesmith.client.informers import InformerFactory
 from kubesmith.client.rest import ApiClient
 from kubesmith.scheduler.scheduler import Scheduler
 from kubesmith.store.testing import free_port
+from tests.client import helpers
 from tests.scheduler.fakes import create_node, delete_node, make_node, make_pod
 
 MESSAGE_TAIL = (" preemption: 0/{n} nodes are available: {n} Preemption is not helpful "
                 "for scheduling.")
 
-
-async def eventually(check, timeout: float = 15.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not true after {timeout}s: {check}")
-        await asyncio.sleep(interval)
+# Scheduling through a real API server takes longer than the client tests' default allows.
+eventually = functools.partial(helpers.eventually, timeout=15.0, interval=0.05)
 
 
 def bare_pod(name: str, **kwargs) -> dict:
