@@ -6,38 +6,28 @@ Service and its EndpointSlice become chains, endpoint and service changes follow
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 
 import aiohttp
-import pytest
 
 from kubesmith.client.rest import ApiClient
 from kubesmith.proxy import main as proxy_main
 from kubesmith.proxy.config import ProxyConfig
 from kubesmith.proxy.iptables import CommandRunner
 from kubesmith.proxy.servicemap import endpoint_chain_name, port_proto_hash
-from kubesmith.store.testing import etcd_available, free_port
-from tests.apiserver.harness import Cluster
+from kubesmith.store.testing import free_port
+from tests.apiserver import module_cluster
+from tests.client import helpers
 from tests.proxy.proxy_netns import in_ns, netns, require_root_networking
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    if not etcd_available():
-        pytest.skip("needs /usr/bin/etcd (etcd-server)")
-    with Cluster() as running:
-        yield running
+# The `cluster` fixture: an API server of this module's own.
+cluster = module_cluster.cluster
 
-
-async def eventually(check, timeout: float = 15.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout}s: {check.__doc__ or check}")
-        await asyncio.sleep(interval)
+# The checks run iptables-save in the network namespace: in a worker thread, so that the
+# kube-proxy under test goes on meanwhile.
+eventually = functools.partial(helpers.eventually, timeout=15.0, interval=0.1,
+                               in_thread=True)
 
 
 def endpoint_slice(namespace: str, ips: list[str]) -> dict:
