@@ -394,6 +394,76 @@ def test_deployment_rollout_and_undo_on_real_nodes(kubectl):
              and not pods(kubectl, "app=roll"), "the ReplicaSets and Pods collected", 120)
 
 
+def test_pod_asking_more_cpu_than_any_node_stays_pending(kubectl):
+    pod = pod_on("", "huge", "sleep 3600")
+    del pod["spec"]["nodeName"]
+    pod["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "64"}}
+    apply(kubectl, pod)
+
+    def failed_scheduling():
+        events = kubectl.json("get", "events", "-n", NAMESPACE, "--field-selector",
+                              "involvedObject.name=huge,reason=FailedScheduling")["items"]
+        return events[0]["message"] if events else None
+    message = wait_for(failed_scheduling, "a FailedScheduling event")
+    # The master is passed by for its taint, the workers for their cpu.
+    assert message.startswith("0/3 nodes are available: "), message
+    assert "1 node(s) had untolerated taint" in message and "2 Insufficient cpu" in message
+    pod = kubectl.json("get", "pod", "huge", "-n", NAMESPACE)
+    assert pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+    condition = [c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled"][0]
+    assert condition["status"] == "False" and condition["reason"] == "Unschedulable"
+    kubectl("delete", "pod", "huge", "-n", NAMESPACE, "--wait=false")
+
+
+def test_endpoints_follow_the_kubelets_readiness_probes(kubectl):
+    pod = pod_on("worker-1", "flip", "touch /tmp/ready; trap 'exit 0' TERM; "
+                                     "sleep 3600 & wait")
+    pod["spec"]["containers"][0]["readinessProbe"] = {
+        "exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "flip"},
+               "spec": {"selector": {"app": "flip"}, "ports": [{"port": 80}]}}
+    apply(kubectl, pod, service)
+
+    def addresses() -> tuple[set, set]:
+        subsets = kubectl.json("get", "endpoints", "flip", "-n", NAMESPACE).get("subsets") or []
+        return ({a["ip"] for s in subsets for a in s.get("addresses", [])},
+                {a["ip"] for s in subsets for a in s.get("notReadyAddresses", [])})
+    ip = wait_for(lambda: kubectl.json("get", "pod", "flip", "-n", NAMESPACE)
+                  .get("status", {}).get("podIP"), "the pod's IP", timeout=120)
+    wait_for(lambda: addresses() == ({ip}, set()), "the pod in the Endpoints' addresses")
+    exec_in(kubectl, "flip", "rm", "/tmp/ready")
+    wait_for(lambda: addresses() == (set(), {ip}), "the pod moved to notReadyAddresses", 60)
+    exec_in(kubectl, "flip", "touch", "/tmp/ready")
+    wait_for(lambda: addresses() == ({ip}, set()), "the pod back in the addresses", 60)
+
+
+def test_namespace_deletion_stops_and_removes_everything_in_it(kubectl):
+    doomed = f"{NAMESPACE}-doomed"
+    kubectl("create", "namespace", doomed)
+    wait_for(lambda: kubectl.json("get", "serviceaccount", "default", "-n", doomed),
+             "the namespace's default ServiceAccount", timeout=60)
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                  "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "d"}},
+                           "template": {"metadata": {"labels": {"app": "d"}},
+                                        "spec": {"terminationGracePeriodSeconds": 2,
+                                                 "containers": [{
+                                                     "name": "main", "image": BUSYBOX_IMAGE,
+                                                     "imagePullPolicy": "IfNotPresent",
+                                                     "command": ["sleep", "3600"]}]}}}}
+    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+              "data": {"k": "v"}}
+    kubectl("apply", "-n", doomed, "-f", "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List",
+                              "items": [deployment, config]}))
+    wait_for(lambda: (lambda p: len(p) == 2 and all(map(running_and_ready, p)))(
+        kubectl.json("get", "pods", "-n", doomed)["items"]), "2 pods Running", timeout=120)
+
+    kubectl("delete", "namespace", doomed, "--timeout=150s", timeout=180)
+    gone = kubectl("get", "namespace", doomed, check=False)
+    assert "NotFound" in gone or "not found" in gone, gone
+    assert kubectl.json("get", "pods", "-n", doomed)["items"] == []
+
+
 def test_stopped_kubelet_makes_node_not_ready_and_pods_move(lab, kubectl):
     lab.ssh("worker-2", "supervisorctl stop kubelet")
     try:
