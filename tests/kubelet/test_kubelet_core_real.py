@@ -19,22 +19,20 @@ from pathlib import Path
 import pytest
 
 from kubesmith.store.testing import etcd_available, free_port
+from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE
+from tests.cri.throwaway_containerd import containerd_fixture, containerd_missing
 
 REPO = Path(__file__).resolve().parents[2]
 POD_LOG_ROOT = Path("/var/log/pods")
 
 
 def _missing() -> str | None:
+    """Why these tests cannot run here (root, etcd, a throwaway containerd), or None."""
     if os.geteuid() != 0:
         return "needs root"
     if not etcd_available():
         return "needs /usr/bin/etcd (etcd-server)"
-    for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr"):
-        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
-            return f"needs {tool} (Debian's containerd and runc)"
-    if not os.path.exists("/bin/busybox"):
-        return "needs /bin/busybox (busybox-static)"
-    return None
+    return containerd_missing()
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +58,8 @@ def pod_log_root():
             pass
 
 
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory):
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    from kubesmith.cri.testing import import_image, start_containerd
-    from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images
-    images = build_images(tmp_path_factory.mktemp("images"))
-    with start_containerd(tmp_path_factory.mktemp("containerd")) as running:
-        for ref in (PAUSE_IMAGE, BUSYBOX_IMAGE):
-            import_image(running, images[ref])
-        yield running
+# A throwaway containerd with the locally built pause and busybox images.
+containerd = containerd_fixture(PAUSE_IMAGE, BUSYBOX_IMAGE, missing=_missing)
 
 
 def _node_kubeconfig(cluster, node: str, folder: Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import ssl
 import time
 from urllib.parse import urlencode
@@ -28,6 +27,8 @@ from kubesmith.cri import api
 from kubesmith.cri.client import NotFoundError
 from kubesmith.kubelet import logs
 from kubesmith.kubelet.server import KubeletServer, authorization_subresources
+from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE
+from tests.cri.throwaway_containerd import containerd_fixture
 
 NODE = "node-1"
 UID = "0b7a1c3e-0000-4000-8000-000000000001"
@@ -745,30 +746,8 @@ def test_emptydir_volumes_in_the_summary(tmp_path):
 
 # --- real: a throwaway containerd behind the server -------------------------------------
 
-def _containerd_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr"):
-        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
-            return f"needs {tool} (Debian's containerd and runc)"
-    if not os.path.exists("/bin/busybox"):
-        return "needs /bin/busybox (busybox-static)"
-    return None
-
-
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory):
-    """A throwaway containerd with the locally built pause and busybox images."""
-    reason = _containerd_missing()
-    if reason:
-        pytest.skip(reason)
-    from kubesmith.cri.testing import import_image, start_containerd
-    from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images
-    images = build_images(tmp_path_factory.mktemp("images"))
-    with start_containerd(tmp_path_factory.mktemp("containerd")) as running:
-        for ref in (PAUSE_IMAGE, BUSYBOX_IMAGE):
-            import_image(running, images[ref])
-        yield running
+# A throwaway containerd with the locally built pause and busybox images.
+containerd = containerd_fixture(PAUSE_IMAGE, BUSYBOX_IMAGE)
 
 
 class RealPod:
@@ -793,7 +772,6 @@ class RealPod:
         self.container_id = ""
 
     async def __aenter__(self) -> "RealPod":
-        from provision.images import BUSYBOX_IMAGE
         self.sandbox_id = await self.runtime.run_pod_sandbox(self.config)
         container = api.ContainerConfig(
             metadata=api.ContainerMetadata(name="app"),
