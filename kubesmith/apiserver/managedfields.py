@@ -18,7 +18,6 @@ to the status subresource and everything else to the main resource.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import orjson
@@ -383,14 +382,40 @@ def path_string(path: Path) -> str:
 
 # --- entries ---------------------------------------------------------------------------------
 
-@dataclass
 class Entry:
-    manager: str
-    operation: str
-    api_version: str
-    fields: FieldSet = field(default_factory=set)
-    time: str | None = None
-    subresource: str = ""
+    """One managedFields entry. Its field set is decoded from FieldsV1 only when asked
+    for: an update leaves most entries alone, and those are written back as they were."""
+
+    def __init__(self, manager: str, operation: str, api_version: str,
+                 fields: FieldSet | None = None, time: str | None = None,
+                 subresource: str = "", fields_v1: dict | None = None):
+        self.manager, self.operation, self.api_version = manager, operation, api_version
+        self.time, self.subresource = time, subresource
+        self._fields = fields if fields is not None or fields_v1 is not None else set()
+        self._fields_v1 = fields_v1
+
+    @property
+    def fields(self) -> FieldSet:
+        if self._fields is None:
+            self._fields = decode(self._fields_v1)
+        return self._fields
+
+    @fields.setter
+    def fields(self, value: FieldSet) -> None:
+        self._fields = value
+
+    @property
+    def decoded(self) -> bool:
+        return self._fields is not None
+
+    def top_level(self) -> set[str]:
+        """The first elements of its paths (without decoding the rest)."""
+        if self._fields is not None:
+            return {p[0] for p in self._fields}
+        return {k for k in self._fields_v1 or {} if k != "."}
+
+    def live(self) -> bool:
+        return bool(self._fields) if self._fields is not None else bool(self.top_level())
 
     @property
     def key(self) -> tuple:
@@ -404,7 +429,8 @@ class Entry:
         if self.time:
             out["time"] = self.time
         out["fieldsType"] = FIELDS_TYPE
-        out["fieldsV1"] = encode(self.fields)
+        out["fieldsV1"] = encode(self._fields) if self._fields is not None \
+            else self._fields_v1
         if self.subresource:
             out["subresource"] = self.subresource
         return out
@@ -417,11 +443,13 @@ def decode_entries(raw: Any) -> list[Entry]:
     for item in raw:
         if not isinstance(item, dict):
             continue
+        fields_v1 = item.get("fieldsV1")
         entries.append(Entry(
             manager=str(item.get("manager") or ""),
             operation=str(item.get("operation") or UPDATE),
             api_version=str(item.get("apiVersion") or ""),
-            fields=decode(item.get("fieldsV1")),
+            fields=None if isinstance(fields_v1, dict) else set(),
+            fields_v1=fields_v1 if isinstance(fields_v1, dict) else None,
             time=item.get("time"),
             subresource=str(item.get("subresource") or "")))
     return entries
@@ -429,7 +457,7 @@ def decode_entries(raw: Any) -> list[Entry]:
 
 def encode_entries(entries: list[Entry]) -> list[dict]:
     """Upstream's order: appliers first, then by time, manager, version, subresource."""
-    live = [e for e in entries if e.fields]
+    live = [e for e in entries if e.live()]
     live.sort(key=lambda e: (e.operation, e.time or "", e.manager, e.api_version,
                              e.subresource))
     return [e.to_json() for e in live]
@@ -468,16 +496,21 @@ def root_of(rt: ResourceType) -> "schema.Node | None":
 
 def _base_entries(old: dict | None, new: dict) -> list[Entry]:
     """Entries to start from: the request's own when it sets any (an explicit empty list
-    resets them), else the stored object's."""
+    resets them), else the stored object's. The request's are decoded at once, so what
+    a client sent is written back in the canonical form; stored ones already are."""
     given = (new.get("metadata") or {}).get("managedFields", _MISSING)
     if isinstance(given, list) and not given:
         return []
     if isinstance(given, list) and len(given) == 1 and given[0] == {}:
         return []
+    stored = ((old or {}).get("metadata") or {}).get("managedFields")
     entries = decode_entries(given) if given is not _MISSING else []
     if entries:
+        if given != stored:
+            for entry in entries:
+                entry.fields   # noqa: B018  (decoded now: re-encoded canonically)
         return entries
-    return decode_entries(((old or {}).get("metadata") or {}).get("managedFields"))
+    return decode_entries(stored)
 
 
 def _body(obj: dict | None) -> dict:
@@ -500,22 +533,43 @@ def record_update(rt: ResourceType, manager: str, subresource: str, old: dict | 
     if old is None and not entries and subresource == "":
         _record_create(rt, node, manager, new)
         return
-    added, modified, removed = compare(node, _body(old) or {}, _body(new))
+    if subresource == "status" and old is not None:
+        # A status write changes nothing else (the stored object with the new status).
+        added, modified, removed = _compare_field(node, old, new, "status")
+    else:
+        added, modified, removed = compare(node, _body(old) or {}, _body(new))
     changed = scoped(rt, subresource, added | modified)
     removed = without(removed, _STRIPPED)
+    taken = changed | removed
+    touched = {p[0] for p in taken}
     mine = Entry(manager, UPDATE, rt.api_version, subresource=subresource)
     for entry in entries:
         if entry.key == mine.key:
             mine = entry
-            entry.fields -= removed
-        else:
-            entry.fields -= changed | removed
+            if removed and touched & entry.top_level():
+                entry.fields -= removed
+        elif touched & entry.top_level():
+            entry.fields -= taken
     if changed:
         if mine not in entries:
             entries.append(mine)
         mine.fields |= changed
         mine.time = objectmeta.timestamp()
     set_entries(new, entries)
+
+
+def _compare_field(node, old: dict, new: dict, key: str
+                   ) -> tuple[FieldSet, FieldSet, FieldSet]:
+    """compare() of two objects that differ at most in their top-level field `key`."""
+    added: FieldSet = set()
+    modified: FieldSet = set()
+    removed: FieldSet = set()
+    a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+    a = _MISSING if a is None else a
+    b = _MISSING if b is None else b
+    if not (a is _MISSING and b is _MISSING):
+        _compare(child(node, key), a, b, ("f:" + key,), False, added, modified, removed)
+    return added, modified, removed
 
 
 def _record_create(rt: ResourceType, node, manager: str, new: dict) -> None:

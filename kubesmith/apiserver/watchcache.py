@@ -162,7 +162,10 @@ class WatchCache:
             try:
                 revision = await self._list()
                 backoff = 0.2
-                async with store.watch(self.prefix, revision + 1) as watch:
+                # The cache holds every key's state at the revision before each event
+                # (listed, then every change applied in order), so etcd need not read
+                # and send the previous values.
+                async with store.watch(self.prefix, revision + 1, prev_kv=False) as watch:
                     self._watch = watch
                     self.ready.set()
                     async for batch in watch:
