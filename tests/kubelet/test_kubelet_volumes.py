@@ -22,6 +22,8 @@ from kubesmith.kubelet.volumes import (
     mounts_under,
     write_atomic,
 )
+from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE
+from tests.cri.throwaway_containerd import containerd_fixture
 from tests.kubelet.contents_helpers import FakeClient, configmap, secret
 
 UID = "0f1e2d3c-aaaa-bbbb-cccc-000000000001"
@@ -567,25 +569,8 @@ def test_real_api_server_node_identity_volumes_and_env(api_cluster, root):
 
 # --- real: a throwaway containerd runs a container with the volumes -------------------
 
-@pytest.fixture(scope="module")
-def containerd(tmp_path_factory):
-    """A throwaway containerd (kubesmith.cri.testing) with the locally built pause and
-    busybox images; stopped with everything it started when the module ends."""
-    import shutil
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    for tool in ("containerd", "containerd-shim-runc-v2", "runc", "ctr"):
-        if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
-            pytest.skip(f"needs {tool} (Debian's containerd and runc)")
-    if not os.path.exists("/bin/busybox"):
-        pytest.skip("needs /bin/busybox (busybox-static)")
-    from kubesmith.cri.testing import import_image, start_containerd
-    from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE, build_images
-    images = build_images(tmp_path_factory.mktemp("images"))
-    with start_containerd(tmp_path_factory.mktemp("containerd")) as running:
-        for ref in (PAUSE_IMAGE, BUSYBOX_IMAGE):
-            import_image(running, images[ref])
-        yield running
+# A throwaway containerd with the locally built pause and busybox images, for the module.
+containerd = containerd_fixture(PAUSE_IMAGE, BUSYBOX_IMAGE)
 
 
 def test_real_containerd_container_sees_volumes_and_runs_exec_probes(containerd, root,
@@ -596,7 +581,6 @@ def test_real_containerd_container_sees_volumes_and_runs_exec_probes(containerd,
     import time as time_module
 
     from kubesmith.kubelet.probes import ProbeManager
-    from provision.images import BUSYBOX_IMAGE
 
     client = FakeClient(configmap("cfg", {"app.conf": "x=1"}, namespace="shop"),
                         secret("creds", {"password": b"hunter2"}, namespace="shop"))
