@@ -28,6 +28,7 @@ from kubesmith.cri.client import NotFoundError
 from kubesmith.kubelet import logs
 from kubesmith.kubelet.server import KubeletServer, authorization_subresources
 from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE
+from tests.apiserver import module_cluster
 from tests.cri.throwaway_containerd import containerd_fixture
 
 NODE = "node-1"
@@ -886,14 +887,7 @@ def test_real_containerd_logs_exec_and_rotation(pki, tmp_path, containerd):
 
 # --- real: the API server and kubectl in front, containerd behind ----------------------
 
-@pytest.fixture(scope="module")
-def cluster():
-    from kubesmith.store.testing import etcd_available
-    if not etcd_available():
-        pytest.skip("needs /usr/bin/etcd (etcd-server)")
-    from tests.apiserver.harness import Cluster
-    with Cluster() as running:
-        yield running
+cluster = module_cluster.cluster
 
 
 def node_kubeconfig(cluster, node: str) -> str:
