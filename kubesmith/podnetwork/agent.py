@@ -7,19 +7,18 @@ out (see network.py for what each is and why).
     informer handlers -> agent.changed()
     await agent.run()
 
-A sync runs after Node changes (coalesced, at most one per `min_interval`) and every
-`resync_period` anyway, which repairs routes or rules someone removed. Full syncs also keep
-net.ipv4.ip_forward and net.bridge.bridge-nf-call-iptables at 1 and, with
-`service_cidrs`, a route for the service range when the host has none (network.py). The CNI file is
-written once this node has a podCIDR (the controller manager's node IPAM assigns it);
-until then containerd has no network for pods, and the kubelet reports the runtime's
-network as not ready.
+A sync runs after Node changes and every `resync_period` anyway, which repairs routes or
+rules someone removed; syncs start at least `min_interval` apart (a burst of changes
+gives one sync, a change after a quiet spell syncs at once: kubesmith.syncloop's
+BoundedFrequencyRunner, as kube-proxy's). Full syncs also keep net.ipv4.ip_forward and
+net.bridge.bridge-nf-call-iptables at 1 and, with `service_cidrs`, a route for the
+service range when the host has none (network.py). The CNI file is written once this node
+has a podCIDR (the controller manager's node IPAM assigns it); until then containerd has
+no network for pods, and the kubelet reports the runtime's network as not ready.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +27,7 @@ from kubesmith.podnetwork.network import (CONFLIST_NAME, Route, Routes, conflist
                                           plan_routes, sync_service_routes, write_if_changed)
 from kubesmith.proxy.iptables import (CommandError, CommandRunner, Iptables, get_sysctl,
                                       set_sysctl)
+from kubesmith.syncloop import BoundedFrequencyRunner
 
 log = logging.getLogger(__name__)
 
@@ -50,49 +50,50 @@ class PodNetworkAgent:
         self.runner = runner or CommandRunner()
         self.iptables = Iptables(self.runner)
         self.routes = Routes(self.runner)
-        self.resync_period = resync_period
-        self.min_interval = min_interval
         self.pod_cidr: str | None = None
         self.last_routes: list[Route] = []
         self.service_routes: list[str] = []
         self.healthy = False          # the last sync succeeded
         self.syncs = 0
-        self._changed = asyncio.Event()
         self._warned_bridge_nf = False
+        self._runner = BoundedFrequencyRunner(self._sync_in_loop, period=resync_period,
+                                              min_interval=min_interval, name="pod network")
+
+    @property
+    def resync_period(self) -> float:
+        return self._runner.period
+
+    @property
+    def min_interval(self) -> float:
+        return self._runner.min_interval
 
     @property
     def conflist_path(self) -> Path:
         return self.cni_conf_dir / CONFLIST_NAME
 
     def changed(self, *_: Any) -> None:
-        self._changed.set()
+        """Ask for a sync (informer handlers call this; cheap)."""
+        self._runner.request()
 
     async def run(self) -> None:
-        next_full = 0.0
-        while True:
-            now = time.monotonic()
-            full = now >= next_full
-            if not full:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), next_full - now)
-                    await asyncio.sleep(self.min_interval)    # coalesce bursts
-                except asyncio.TimeoutError:
-                    full = True
-            try:
-                await self.sync(full=full)
-                self.healthy = True
-            except CommandError as exc:
-                # e.g. a node whose InternalIP is not on any link of this one
-                log.error("pod network sync failed: %s", exc)
-                self.healthy = False
-            except Exception:
-                log.exception("pod network sync failed")
-                self.healthy = False
-            if full:
-                next_full = time.monotonic() + self.resync_period
+        """Sync now, then after changes (at least min_interval apart) and every
+        resync_period, until cancelled."""
+        await self._runner.run()
+
+    async def _sync_in_loop(self, full: bool) -> None:
+        try:
+            await self.sync(full=full)
+        except CommandError as exc:
+            # e.g. a node whose InternalIP is not on any link of this one
+            log.error("pod network sync failed: %s", exc)
+            self.healthy = False
+            return
+        except Exception:
+            self.healthy = False
+            raise                       # logged by the runner, with the traceback
+        self.healthy = True
 
     async def sync(self, *, full: bool = True) -> None:
-        self._changed.clear()
         self.syncs += 1
         nodes = self.nodes()
         if full:

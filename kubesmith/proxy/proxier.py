@@ -9,11 +9,12 @@ keeps them written.
 
 A sync computes the whole desired state of kube-proxy's chains (rules.py) and, when it
 differs from what was last written, writes it with one `iptables-restore --noflush`, in
-which stale KUBE-SVC/SEP/... chains are flushed and deleted. Syncs after changes are at
-least min_sync_period apart; every sync_period a full sync runs anyway: it re-checks
-the jump rules from the built-in chains and rewrites the chains even if nothing changed,
-repairing whatever someone else flushed. A failed write is retried at the next change
-or period.
+which stale KUBE-SVC/SEP/... chains are flushed and deleted. The loop is
+kubesmith.syncloop's BoundedFrequencyRunner: syncs start at least min_sync_period apart
+(a change after a quiet spell syncs at once); every sync_period a full sync runs anyway:
+it re-checks the jump rules from the built-in chains and rewrites the chains even if
+nothing changed, repairing whatever someone else flushed. A failed write is retried at
+the next change or period.
 
 After a write, conntrack entries that would keep UDP flows on gone endpoints are
 deleted, as upstream does (this matters for DNS): entries to a removed UDP ClusterIP,
@@ -22,7 +23,6 @@ and DNATed to a removed endpoint.
 """
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import logging
@@ -34,6 +34,7 @@ from kubesmith.proxy.metrics import ProxyHealth, ProxyMetrics
 from kubesmith.proxy.rules import (JUMP_RULES, RuleOptions, RuleSet, build_rules,
                                    is_service_chain)
 from kubesmith.proxy.servicemap import ServicePort, build, categorize
+from kubesmith.syncloop import BoundedFrequencyRunner
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ class Proxier:
         self.options = options
         self.services = services
         self.slices = slices
-        self.sync_period = sync_period
-        self.min_sync_period = min_sync_period
         self.metrics = metrics
         self.health = health
         # Async function giving options.node_port_ips before each full sync (the
@@ -79,9 +78,23 @@ class Proxier:
         self._udp: dict[str, _UdpState] = {}
         self._slice_versions: dict[str, str] = {}
         self._started_at = time.time()
-        self._changed = asyncio.Event()
-        self._last_sync = 0.0
         self._jumps_ok = False
+        self._runner = BoundedFrequencyRunner(self._sync_in_loop, period=sync_period,
+                                              min_interval=min_sync_period,
+                                              name="proxy rules")
+
+    @property
+    def sync_period(self) -> float:
+        return self._runner.period
+
+    @property
+    def min_sync_period(self) -> float:
+        return self._runner.min_interval
+
+    @property
+    def _last_sync(self) -> float:
+        """time.monotonic() when the loop's last sync began."""
+        return self._runner.last_start
 
     # --- from the informers -------------------------------------------------------------
 
@@ -91,7 +104,7 @@ class Proxier:
             self.health.queued()
         if self.metrics is not None:
             self.metrics.last_queued.set_to_current_time()
-        self._changed.set()
+        self._runner.request()
 
     def service_changed(self, *_: Any) -> None:
         if self.metrics is not None:
@@ -106,33 +119,19 @@ class Proxier:
     # --- syncing ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Sync now, then after changes (bounded by min_sync_period) and every
+        """Sync now, then after changes (at least min_sync_period apart) and every
         sync_period, until cancelled."""
-        next_full = 0.0
-        while True:
-            now = time.monotonic()
-            full = now >= next_full
-            if not full:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), next_full - now)
-                except asyncio.TimeoutError:
-                    full = True
-                else:
-                    wait = self._last_sync + self.min_sync_period - time.monotonic()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-            try:
-                await self.sync(full=full)
-            except Exception:
-                log.exception("sync of proxy rules failed")
-                self._jumps_ok = False
-            if full:
-                next_full = time.monotonic() + self.sync_period
+        await self._runner.run()
+
+    async def _sync_in_loop(self, full: bool) -> None:
+        try:
+            await self.sync(full=full)
+        except Exception:
+            self._jumps_ok = False      # re-ensure the jumps at the next sync
+            raise
 
     async def sync(self, *, full: bool = False) -> bool:
         """One sync; True when iptables was written."""
-        self._changed.clear()
-        self._last_sync = time.monotonic()
         started = time.perf_counter()
         self.syncs += 1
         if full and self.node_port_resolver is not None:
