@@ -1,7 +1,7 @@
 """Benchmark: pod startup latency on real nodes, from create to Running as a watch sees it.
 
     .venv/bin/python bench/pod_startup.py [--kubeconfig FILE] [--pods 30] [--image REF]
-        [--mode both|slo|burst] [--qps 5]
+        [--mode both|slo|burst] [--qps 5] [--cpu]
 
 Runs against a deployed cluster (by default the lab's: `bin/kubesmithctl kubeconfig`).
 In a namespace of its own it creates `--pods` busybox pods (image imported by the deploy,
@@ -12,7 +12,10 @@ records for each pod the time from the create request to the first
 watch event showing it Running with every container started. It prints p50/p90/p99 and
 the worst, how the pods spread over nodes, the startup throughput (pods Running per
 second of the run: all at once, the nodes' limit), and the ratio of p99 to upstream's pod
-startup SLO (5 s at p99) and to the project's target (2 s).
+startup SLO (5 s at p99) and to the project's target (2 s). With --cpu (the lab, whose hosts
+are processes of this machine) it also prints the CPU each component used from the first
+create to the last pod Running, and what the container runtime alone took of the cores:
+the bound on how fast pods created at once can start.
 
 Bounded: pods are created at most `--concurrency` at a time, the wait ends after
 `--timeout` seconds, and the namespace is deleted in every case (also on Ctrl-C).
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -68,6 +72,54 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
+# Processes by what they are, for --cpu (the lab's hosts are processes of this machine).
+COMPONENTS = {"containerd": "containerd (+ CNI plugins)",
+              "containerd-shim": "containerd shims (+ runc)", "kubelet": "kubelets",
+              "kube-apiserver": "kube-apiserver", "etcd": "etcd",
+              "kube-scheduler": "kube-scheduler", "kube-controller": "kube-controller-manager",
+              "kube-proxy": "kube-proxy", "kubesmith-pod-n": "pod-network agents",
+              "kubesmith-dns": "kubesmith-dns"}
+
+
+class MachineCPU:
+    """CPU seconds used on this machine, by component, from /proc: each process's own
+    time plus its reaped children's (runc under the shims, CNI plugins under containerd);
+    kernel threads (no command line) apart."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def snapshot(self) -> tuple[float, dict[str, tuple[str, float]]]:
+        with open("/proc/stat") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:]]
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / self.hz    # all but idle and iowait
+        processes = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    text = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    has_command = bool(f.read(1))
+            except OSError:
+                continue
+            comm = text[text.index("(") + 1:text.rindex(")")]
+            fields = text[text.rindex(")") + 2:].split()
+            used = sum(int(v) for v in fields[11:15]) / self.hz
+            what = COMPONENTS.get(comm) or ("kernel threads" if not has_command else "other")
+            processes[pid] = (what, used)
+        return busy, processes
+
+    @staticmethod
+    def split(before, after) -> tuple[float, dict[str, float]]:
+        by_component: dict[str, float] = Counter()
+        for pid, (what, used) in after[1].items():
+            earlier = before[1].get(pid)
+            by_component[what] += used - (earlier[1] if earlier and earlier[0] == what else 0)
+        return after[0] - before[0], dict(by_component)
+
+
 async def phase(client: ApiClient, args, qps: float) -> dict:
     """Creates --pods pods (at `qps` a second, or all at once when 0) in a namespace of
     their own and measures each one's create -> Running; the namespace is deleted after."""
@@ -112,6 +164,8 @@ async def phase(client: ApiClient, args, qps: float) -> dict:
 
         watcher = asyncio.create_task(watch())
         limit = asyncio.Semaphore(args.concurrency)
+        cpu = MachineCPU() if args.cpu else None
+        cpu_before = cpu.snapshot() if cpu else None
         start = time.monotonic()
 
         async def create(index: int) -> None:
@@ -129,6 +183,7 @@ async def phase(client: ApiClient, args, qps: float) -> dict:
             pass
         watcher.cancel()
         elapsed = time.monotonic() - start
+        cpu_used = MachineCPU.split(cpu_before, cpu.snapshot()) if cpu else None
     finally:
         await client.delete("namespaces", namespace)
         # Wait (bounded) until its pods are stopped and the namespace is gone, so the
@@ -141,7 +196,7 @@ async def phase(client: ApiClient, args, qps: float) -> dict:
                 break
             await asyncio.sleep(0.5)
     return {"qps": qps, "latencies": [running[n] - created[n] for n in running],
-            "elapsed": elapsed, "nodes": nodes}
+            "elapsed": elapsed, "nodes": nodes, "cpu": cpu_used}
 
 
 def report(args, result: dict) -> bool:
@@ -162,6 +217,18 @@ def report(args, result: dict) -> bool:
     print(f"  startup throughput: {len(latencies) / elapsed:.1f} pods/s Running over the run")
     spread = Counter(result["nodes"].values())
     print("  pods per node: " + ", ".join(f"{n} {c}" for n, c in sorted(spread.items())))
+    if result["cpu"]:
+        busy, by_component = result["cpu"]
+        cores = len(os.sched_getaffinity(0))
+        print(f"  CPU from the first create to the last pod Running: {busy:.1f} s busy of "
+              f"{elapsed * cores:.1f} s ({cores} cores x {elapsed:.1f} s)")
+        for what, used in sorted(by_component.items(), key=lambda kv: -kv[1]):
+            if used >= 0.05:
+                print(f"    {what:<28} {used:5.2f} s = {used / len(latencies) * 1000:4.0f} ms a pod")
+        runtime = sum(by_component.get(k, 0.0) for k in (
+            "containerd (+ CNI plugins)", "containerd shims (+ runc)", "kernel threads"))
+        print(f"  the runtime (containerd, shims, runc, CNI, kernel) alone: {runtime:.1f} s of "
+              f"CPU = {runtime / cores:.1f} s of all {cores} cores for {len(latencies)} pods")
     return len(latencies) == args.pods
 
 
@@ -189,6 +256,9 @@ def main() -> int:
                         help="the slo phase's create rate (default 5: upstream's density "
                              "test creates its latency pods one every 200 ms)")
     parser.add_argument("--image", default="kubesmith.local/busybox:latest")
+    parser.add_argument("--cpu", action="store_true",
+                        help="print CPU by component over each phase (the lab: its hosts "
+                             "are processes of this machine)")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
     if args.pods < 1 or args.pods > 500:
