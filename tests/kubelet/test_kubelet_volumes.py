@@ -19,7 +19,9 @@ from kubesmith.kubelet.volumes import (
     VolumeError,
     VolumeManager,
     check_host_path,
+    mount_tmpfs,
     mounts_under,
+    unmount,
     write_atomic,
 )
 from provision.images import BUSYBOX_IMAGE, PAUSE_IMAGE
@@ -466,6 +468,21 @@ def test_container_mount_errors(root, tmp_path):
         with pytest.raises(VolumeError, match=re.escape(message)):
             manager.mounts(pod, container, paths)
     run(manager.teardown(UID))
+
+
+def test_mount_and_unmount_errors_name_the_path_and_the_reason(tmp_path):
+    with pytest.raises(VolumeError, match=r"mounting a tmpfs at .*/missing failed: "
+                                          r"No such file or directory"):
+        run(mount_tmpfs(str(tmp_path / "missing")))
+    with pytest.raises(VolumeError, match=r"unmounting .* failed: Invalid argument"):
+        run(unmount(str(tmp_path)))          # not a mount point
+
+
+def test_busy_tmpfs_is_unmounted_lazily(tmp_path):
+    run(mount_tmpfs(str(tmp_path), 1024 * 1024))
+    with open(tmp_path / "open-file", "w"):
+        run(unmount(str(tmp_path)))          # busy: detached, not refused
+        assert not mounts_under(str(tmp_path))
 
 
 def test_mountinfo_escapes():
