@@ -14,8 +14,13 @@ from spec.hard and a fresh status.used when created or changed.
 Counted: pods, services, services.nodeports, services.loadbalancers, configmaps,
 secrets, persistentvolumeclaims (and requests.storage, per storage class too),
 replicationcontrollers, resourcequotas, cpu/memory/ephemeral-storage requests and limits,
-extended-resource requests, and count/<resource>.<group> for every kind. Quota scopes
-are not evaluated yet: a quota with scopes is skipped.
+extended-resource requests, and count/<resource>.<group> for every kind.
+
+Scopes (spec.scopes and spec.scopeSelector) narrow a quota to the pods they match, as
+upstream: Terminating / NotTerminating (activeDeadlineSeconds set or not), BestEffort /
+NotBestEffort (no cpu/memory requests or limits in any container), PriorityClass
+(priorityClassName In / NotIn / Exists / DoesNotExist), CrossNamespacePodAffinity (pod
+(anti-)affinity terms naming other namespaces). A scoped quota matches no other kind.
 """
 from __future__ import annotations
 
@@ -163,9 +168,75 @@ def _hard(quota: Obj) -> dict[str, Quantity]:
     return _quantities(status.get("hard") or (quota.get("spec") or {}).get("hard"))
 
 
-def _scoped(quota: Obj) -> bool:
+def _scope_requirements(quota: Obj) -> list[tuple[str, str, list]]:
+    """(scopeName, operator, values) of spec.scopes (each as Exists) and of
+    spec.scopeSelector.matchExpressions."""
     spec = quota.get("spec") or {}
-    return bool(spec.get("scopes") or spec.get("scopeSelector"))
+    found = [(scope, "Exists", []) for scope in spec.get("scopes") or []
+             if isinstance(scope, str)]
+    selector = spec.get("scopeSelector") or {}
+    for expression in (selector.get("matchExpressions") or []
+                       if isinstance(selector, dict) else []):
+        if isinstance(expression, dict):
+            found.append((expression.get("scopeName") or "", expression.get("operator") or "",
+                          list(expression.get("values") or [])))
+    return found
+
+
+def _best_effort(pod: Obj) -> bool:
+    """Upstream's QoS class BestEffort: no cpu or memory requests or limits anywhere."""
+    spec = pod.get("spec") or {}
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            resources = (container or {}).get("resources") or {}
+            for kind in ("requests", "limits"):
+                if any(name in (resources.get(kind) or {}) for name in ("cpu", "memory")):
+                    return False
+    return True
+
+
+def _cross_namespace_affinity(pod: Obj) -> bool:
+    affinity = (pod.get("spec") or {}).get("affinity") or {}
+    for kind in ("podAffinity", "podAntiAffinity"):
+        rules = affinity.get(kind) or {}
+        terms = list(rules.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+        terms += [(t or {}).get("podAffinityTerm") for t in
+                  rules.get("preferredDuringSchedulingIgnoredDuringExecution") or []]
+        if any(isinstance(t, dict) and (t.get("namespaces") or
+                                        t.get("namespaceSelector") is not None)
+               for t in terms):
+            return True
+    return False
+
+
+def _scope_matches(scope: str, operator: str, values: list, pod: Obj) -> bool:
+    spec = pod.get("spec") or {}
+    if scope == "PriorityClass":
+        name = spec.get("priorityClassName") or ""
+        return {"In": name in values, "NotIn": name not in values, "Exists": bool(name),
+                "DoesNotExist": not name}.get(operator, False)
+    deadline = spec.get("activeDeadlineSeconds")
+    matched = {"Terminating": deadline is not None and deadline >= 0,
+               "NotTerminating": deadline is None or deadline < 0,
+               "BestEffort": _best_effort(pod),
+               "NotBestEffort": not _best_effort(pod),
+               "CrossNamespacePodAffinity": _cross_namespace_affinity(pod)}.get(scope)
+    if matched is None:
+        return False
+    return matched if operator == "Exists" else not matched if operator == "DoesNotExist" \
+        else False
+
+
+def in_scope(quota: Obj, rt: ResourceType, obj: Obj) -> bool:
+    """Whether the quota applies to the object: always without scopes; with scopes only
+    to pods that match every one of them."""
+    requirements = _scope_requirements(quota)
+    if not requirements:
+        return True
+    if rt.group != "" or rt.plural != "pods":
+        return False
+    return all(_scope_matches(scope, operator, values, obj)
+               for scope, operator, values in requirements)
 
 
 def _pod_constraints(quota_name: str, restricted: list[str], pod: Obj) -> str | None:
@@ -226,8 +297,10 @@ class ResourceQuota(admission.Plugin):
                 log.warning("cannot decode quota %r", kv.key)
         return quotas, result.revision
 
-    async def count(self, namespace: str, names, revision: int = 0) -> dict[str, Quantity]:
-        """Usage under `names` of every object stored in the namespace (at revision)."""
+    async def count(self, namespace: str, names, revision: int = 0,
+                    quota: Obj | None = None) -> dict[str, Quantity]:
+        """Usage under `names` of every object stored in the namespace (at revision) that
+        `quota`'s scopes match."""
         totals: dict[str, Quantity] = {n: Quantity(Decimal(0)) for n in names}
         kinds = {}
         for name in names:
@@ -241,6 +314,8 @@ class ResourceQuota(admission.Plugin):
                 try:
                     obj = storage.decode(kv)
                 except Exception:
+                    continue
+                if quota is not None and not in_scope(quota, rt, obj):
                     continue
                 for name, value in usage(rt, obj).items():
                     if name in totals and matches(rt, name):
@@ -303,7 +378,7 @@ class ResourceQuota(admission.Plugin):
                 storage = self.srv.storage.for_type(self.rt)
                 for kv, quota in quotas:
                     hard = (quota.get("spec") or {}).get("hard") or {}
-                    used = await self.count(namespace, list(hard), revision)
+                    used = await self.count(namespace, list(hard), revision, quota)
                     status = quota.get("status") or {}
                     new_used = {k: str(v) for k, v in used.items()}
                     if status.get("hard") == hard and status.get("used") == new_used:
@@ -336,7 +411,8 @@ class ResourceQuota(admission.Plugin):
         hard = (request.obj.get("spec") or {}).get("hard") or {}
         if not isinstance(hard, dict):
             return
-        used = await self.count(request.namespace, [k for k in hard if isinstance(k, str)])
+        used = await self.count(request.namespace, [k for k in hard if isinstance(k, str)],
+                                quota=request.obj)
         status = request.obj.get("status")
         if not isinstance(status, dict):
             status = request.obj["status"] = {}
@@ -368,20 +444,23 @@ class ResourceQuota(admission.Plugin):
         if not quotas:
             return
         wanted = usage(rt, obj)
-        if request.operation == admission.UPDATE and request.old is not None:
-            before = usage(rt, request.old)
-            shrinks = False
-            for name, value in list(wanted.items()):
-                delta = value.value - (before[name].value if name in before else 0)
-                shrinks = shrinks or delta < 0
-                wanted[name] = Quantity(max(delta, Decimal(0)), value.binary)
-            if shrinks:
-                self.poke(namespace)
+        before = usage(rt, request.old) if request.operation == admission.UPDATE and \
+            request.old is not None else {}
         storage = self.srv.storage.for_type(self.rt)
         extra = txn.Extra()
         for kv, quota in quotas:
-            if _scoped(quota):
+            if not in_scope(quota, rt, obj):
+                if before and in_scope(quota, rt, request.old):
+                    self.poke(namespace)        # it left the quota's scope
                 continue
+            # What the quota held of the object before (nothing when it was out of scope).
+            held = before if before and in_scope(quota, rt, request.old) else {}
+            charge: dict[str, Quantity] = {}
+            for name, value in wanted.items():
+                delta = value.value - (held[name].value if name in held else 0)
+                if delta < 0:
+                    self.poke(namespace)
+                charge[name] = Quantity(max(delta, Decimal(0)), value.binary)
             hard = _hard(quota)
             restricted = [n for n in hard if matches(rt, n)]
             if not restricted:
@@ -391,14 +470,14 @@ class ResourceQuota(admission.Plugin):
                 problem = _pod_constraints(quota_name, restricted, obj)
                 if problem:
                     raise self._forbidden(request, problem)
-            delta = {n: wanted[n] for n in restricted if n in wanted and wanted[n].value != 0}
+            delta = {n: charge[n] for n in restricted if n in charge and charge[n].value != 0}
             if not delta:
                 continue
             status = quota.get("status") or {}
             used = _quantities(status.get("used"))
             missing = [n for n in restricted if n not in used]
             if missing:
-                used.update(await self.count(namespace, missing))
+                used.update(await self.count(namespace, missing, quota=quota))
             new_used = dict(used)
             for name, value in delta.items():
                 new_used[name] = used[name] + value if name in used else value

@@ -152,3 +152,79 @@ def test_node_port_quota(cluster, ns):
            "services.nodeports=0, limited: services.nodeports=1" in answer.json()["message"]
     svc["spec"]["ports"].pop()
     assert post(cluster, ns, "services", svc).status == 201
+
+
+def scoped_quota(name: str, hard: dict, scopes=None, expressions=None) -> dict:
+    body = quota(name, **hard)
+    if scopes:
+        body["spec"]["scopes"] = scopes
+    if expressions:
+        body["spec"]["scopeSelector"] = {"matchExpressions": expressions}
+    return body
+
+
+def test_best_effort_scope_counts_only_best_effort_pods(cluster, ns):
+    answer = post(cluster, ns, "resourcequotas",
+                  scoped_quota("be", {"pods": "1"}, scopes=["BestEffort"]))
+    assert answer.status == 201, answer.body
+    assert post(cluster, ns, "pods", pod("plain")).status == 201
+    refused = post(cluster, ns, "pods", pod("plain-2"))
+    assert refused.status == 403 and "exceeded quota: be" in refused.json()["message"]
+    # A pod with requests is out of the quota's scope.
+    assert post(cluster, ns, "pods", pod("sized", requests={"cpu": "100m"})).status == 201
+    wait_used(cluster, ns, "be", "pods", "1")
+
+
+def test_terminating_and_not_terminating_scopes(cluster, ns):
+    assert post(cluster, ns, "resourcequotas", scoped_quota(
+        "short", {"requests.cpu": "1"}, scopes=["Terminating"])).status == 201
+    assert post(cluster, ns, "resourcequotas", scoped_quota(
+        "long", {"pods": "5"}, scopes=["NotTerminating", "NotBestEffort"])).status == 201
+
+    def job_pod(name, cpu):
+        body = pod(name, requests={"cpu": cpu})
+        body["spec"]["activeDeadlineSeconds"] = 60
+        return body
+    assert post(cluster, ns, "pods", job_pod("j1", "600m")).status == 201
+    refused = post(cluster, ns, "pods", job_pod("j2", "600m"))
+    assert refused.status == 403 and "exceeded quota: short" in refused.json()["message"]
+    # Without a deadline the 2-cpu pod is the other quota's.
+    assert post(cluster, ns, "pods", pod("service", requests={"cpu": "2"})).status == 201
+    wait_used(cluster, ns, "short", "requests.cpu", "600m")
+    wait_used(cluster, ns, "long", "pods", "1")
+
+
+def test_priority_class_scope_selector(cluster, ns):
+    assert post(cluster, ns, "resourcequotas", scoped_quota(
+        "high", {"pods": "1"}, expressions=[{"scopeName": "PriorityClass", "operator": "In",
+                                             "values": ["high"]}])).status == 201
+
+    def with_class(name, priority_class):
+        body = pod(name)
+        body["spec"]["priorityClassName"] = priority_class
+        return body
+    assert post(cluster, ns, "pods", with_class("h1", "high")).status == 201
+    assert post(cluster, ns, "pods", with_class("h2", "high")).status == 403
+    assert post(cluster, ns, "pods", with_class("l1", "low")).status == 201
+    assert post(cluster, ns, "pods", pod("none")).status == 201
+    wait_used(cluster, ns, "high", "pods", "1")
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"hard": {"services": "1"}, "scopes": ["BestEffort"]},
+     "spec.scopes: Invalid value: [\"BestEffort\"]: unsupported scope applied to resource"),
+    ({"hard": {"pods": "1"}, "scopes": ["Terminating", "NotTerminating"]},
+     "conflicting scopes"),
+    ({"hard": {"pods": "1"}, "scopeSelector": {"matchExpressions": [
+        {"scopeName": "BestEffort", "operator": "In", "values": ["x"]}]}},
+     "must be 'Exist' when scope is any of"),
+    ({"hard": {"pods": "1"}, "scopeSelector": {"matchExpressions": [
+        {"scopeName": "PriorityClass", "operator": "In"}]}},
+     "must be at least one value when `operator` is 'In' or 'NotIn'"),
+])
+def test_invalid_scoped_quotas_are_refused(cluster, ns, spec, message):
+    body = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "bad"},
+            "spec": spec}
+    answer = post(cluster, ns, "resourcequotas", body)
+    assert answer.status == 422, answer.body
+    assert message in answer.json()["message"], answer.json()["message"]

@@ -1064,13 +1064,97 @@ QUOTA_SCOPES = ("Terminating", "NotTerminating", "BestEffort", "NotBestEffort",
                 "PriorityClass", "CrossNamespacePodAffinity", "VolumeAttributesClass")
 
 
+# Upstream's standard quota resource names (others, count/* and extended ones, are not
+# checked against scopes), and what each pod scope may limit.
+_STANDARD_QUOTA_NAMES = {"pods", "services", "replicationcontrollers", "resourcequotas",
+                         "secrets", "configmaps", "persistentvolumeclaims",
+                         "services.nodeports", "services.loadbalancers", "requests.storage",
+                         "cpu", "memory", "ephemeral-storage", "requests.cpu",
+                         "requests.memory", "requests.ephemeral-storage", "limits.cpu",
+                         "limits.memory", "limits.ephemeral-storage"}
+_POD_COMPUTE = {"cpu", "memory", "requests.cpu", "requests.memory", "limits.cpu",
+                "limits.memory"}
+_EXISTS_ONLY_SCOPES = ("Terminating", "NotTerminating", "BestEffort", "NotBestEffort",
+                       "CrossNamespacePodAffinity")
+
+
+def _scope_fits(scope: str, resource: str) -> bool:
+    if resource not in _STANDARD_QUOTA_NAMES:
+        return True
+    if scope == "BestEffort":
+        return resource == "pods"
+    if scope in ("Terminating", "NotTerminating", "NotBestEffort", "PriorityClass",
+                 "CrossNamespacePodAffinity"):
+        return resource == "pods" or resource in _POD_COMPUTE
+    return True
+
+
+def _conflicting(scopes: set) -> bool:
+    return {"BestEffort", "NotBestEffort"} <= scopes or \
+        {"Terminating", "NotTerminating"} <= scopes
+
+
+def _validate_quota_scopes(obj: dict) -> list[FieldError]:
+    errors: list[FieldError] = []
+    hard = _get(obj, "spec", "hard", default={})
+    hard = sorted(hard) if isinstance(hard, dict) else []
+    scopes = _get(obj, "spec", "scopes", default=[]) or []
+    if isinstance(scopes, list):
+        for index, scope in enumerate(scopes):
+            problems = validate_enum(scope, f"spec.scopes[{index}]", QUOTA_SCOPES)
+            errors.extend(problems)
+            if not problems and any(not _scope_fits(scope, k) for k in hard):
+                errors.append(invalid("spec.scopes", scopes,
+                                      "unsupported scope applied to resource"))
+        if _conflicting(set(s for s in scopes if isinstance(s, str))):
+            errors.append(invalid("spec.scopes", scopes, "conflicting scopes"))
+    selector = _get(obj, "spec", "scopeSelector")
+    expressions = selector.get("matchExpressions") if isinstance(selector, dict) else None
+    path = "spec.scopeSelector.matchExpressions"
+    named: set = set()
+    for index, req in enumerate(expressions if isinstance(expressions, list) else []):
+        if not isinstance(req, dict):
+            errors.append(invalid(f"{path}[{index}]", req, "must be an object"))
+            continue
+        scope, operator = req.get("scopeName"), req.get("operator")
+        values = req.get("values") or []
+        if scope not in QUOTA_SCOPES:
+            errors.append(invalid(f"{path}.scopeName", scope, "unsupported scope"))
+        elif any(not _scope_fits(scope, k) for k in hard):
+            errors.append(invalid(path, selector, "unsupported scope applied to resource"))
+        if scope in _EXISTS_ONLY_SCOPES and operator != "Exists":
+            errors.append(invalid(f"{path}.operator", operator,
+                                  "must be 'Exist' when scope is any of "
+                                  "ResourceQuotaScopeTerminating, "
+                                  "ResourceQuotaScopeNotTerminating, "
+                                  "ResourceQuotaScopeBestEffort, "
+                                  "ResourceQuotaScopeNotBestEffort or "
+                                  "ResourceQuotaScopeCrossNamespacePodAffinity"))
+        if operator in ("In", "NotIn"):
+            if not values:
+                errors.append(required(f"{path}.values",
+                                       "must be at least one value when `operator` is 'In' "
+                                       "or 'NotIn' for scope selector"))
+        elif operator in ("Exists", "DoesNotExist"):
+            if values:
+                errors.append(invalid(f"{path}.values", values,
+                                      "must be no value when `operator` is 'Exist' or "
+                                      "'DoesNotExist' for scope selector"))
+        else:
+            errors.append(invalid(f"{path}.operator", operator,
+                                  "not a valid selector operator"))
+        named.add(scope)
+    if _conflicting(named):
+        errors.append(invalid(path, selector, "conflicting scopes"))
+    return errors
+
+
 @with_meta(namespaced=True)
 def _validate_resource_quota(obj: dict, old: dict | None) -> list[FieldError]:
     errors = validate_quantity_map(_get(obj, "spec", "hard"), "spec.hard")
     errors.extend(validate_quantity_map(_get(obj, "status", "hard"), "status.hard"))
     errors.extend(validate_quantity_map(_get(obj, "status", "used"), "status.used"))
-    for index, scope in enumerate(_get(obj, "spec", "scopes", default=[])):
-        errors.extend(validate_enum(scope, f"spec.scopes[{index}]", QUOTA_SCOPES))
+    errors.extend(_validate_quota_scopes(obj))
     return errors
 
 
