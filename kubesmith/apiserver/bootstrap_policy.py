@@ -91,6 +91,8 @@ _ADMIN = [
 _DISCOVERY_URLS = ["/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
                    "/openapi/*", "/readyz", "/version", "/version/"]
 _PUBLIC_URLS = ["/healthz", "/livez", "/readyz", "/version", "/version/"]
+# Service-account issuer discovery (issuerdiscovery.py), readable by every service account.
+_ISSUER_DISCOVERY_URLS = ["/.well-known/openid-configuration", "/openid/v1/jwks"]
 
 _SCHEDULER = _events() + [
     rule(["create"], ["coordination.k8s.io"], ["leases"]),
@@ -389,6 +391,8 @@ def cluster_roles() -> list[dict]:
                  ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]),
             rule(["create"], ["authentication.k8s.io"], ["selfsubjectreviews"])]),
         _cluster_role("system:public-info-viewer", [rule(["get"], urls=_PUBLIC_URLS)]),
+        _cluster_role("system:service-account-issuer-discovery",
+                      [rule(["get"], urls=_ISSUER_DISCOVERY_URLS)]),
         _cluster_role("system:monitoring", [
             rule(["get"], urls=["/healthz", "/healthz/*", "/livez", "/livez/*", "/metrics",
                                 "/metrics/slis", "/readyz", "/readyz/*"])]),
@@ -429,6 +433,9 @@ def cluster_role_bindings() -> list[dict]:
                  [authenticated, _subject("Group", "system:unauthenticated")]),
         _binding("system:monitoring", "system:monitoring",
                  [_subject("Group", "system:monitoring")]),
+        _binding("system:service-account-issuer-discovery",
+                 "system:service-account-issuer-discovery",
+                 [_subject("Group", "system:serviceaccounts")]),
         _binding("system:kube-scheduler", "system:kube-scheduler",
                  [_subject("User", "system:kube-scheduler")]),
         _binding("system:volume-scheduler", "system:volume-scheduler",

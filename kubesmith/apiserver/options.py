@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from kubesmith.flags import (
     FlagParser,
@@ -71,6 +72,7 @@ class Options:
     service_account_key_file: list[str] = field(default_factory=list)
     service_account_signing_key_file: str | None = None
     service_account_issuer: list[str] = field(default_factory=list)
+    service_account_jwks_uri: str | None = None
     api_audiences: list[str] = field(default_factory=list)
     service_account_max_token_expiration: float = 0.0
     service_account_extend_token_expiration: bool = True
@@ -125,6 +127,8 @@ def _parser() -> FlagParser:
     parser.add_argument("--service-account-issuer", action="append",
                         dest="service_account_issuer", default=argparse.SUPPRESS,
                         help="issuer of service account tokens (repeatable)")
+    flag("--service-account-jwks-uri", help_="jwks_uri of the discovery document at "
+         "/.well-known/openid-configuration (https; default: this server's /openid/v1/jwks)")
     flag("--api-audiences", comma_list, "audiences API tokens must be for (default: the first "
          "--service-account-issuer)")
     flag("--service-account-max-token-expiration", parse_duration,
@@ -168,6 +172,18 @@ def usage() -> str:
     return _parser().format_help()
 
 
+def jwks_uri_problem(value: str) -> str | None:
+    """Why a --service-account-jwks-uri is refused (upstream wants an https URL), or None."""
+    try:
+        parts = urlsplit(value)
+        parts.port   # a malformed port raises here
+    except ValueError as exc:
+        return f"--service-account-jwks-uri must be a valid URL: {exc}"
+    if parts.scheme != "https" or not parts.hostname:
+        return f"--service-account-jwks-uri requires an https URL, got {value!r}"
+    return None
+
+
 def check(options: Options) -> None:
     problems = []
     if not options.etcd_servers:
@@ -199,6 +215,10 @@ def check(options: Options) -> None:
     if options.service_account_signing_key_file and not options.service_account_issuer:
         problems.append("--service-account-issuer is required with "
                         "--service-account-signing-key-file")
+    if options.service_account_jwks_uri:   # empty is unset, as upstream's
+        problem = jwks_uri_problem(options.service_account_jwks_uri)
+        if problem:
+            problems.append(problem)
     if 0 < options.service_account_max_token_expiration < 3600:
         problems.append("--service-account-max-token-expiration must be at least 1h")
     if options.default_watch_cache_size < 0:

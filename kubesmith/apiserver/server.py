@@ -32,6 +32,7 @@ from kubesmith.apiserver import (
     compaction,
     endpoints,
     errors,
+    issuerdiscovery,
     nodegraph,
     requestinfo,
     rest,
@@ -173,6 +174,7 @@ class APIServer:
         address = options.advertise_address or options.bind_address
         self.discovery = endpoints.Discovery(f"{address}:{options.secure_port}")
         self.health = endpoints.Health()
+        self.issuer_discovery = issuerdiscovery.for_server(self)
         self.bootstrapped = asyncio.Event()
         self.shutting_down = False
         self._inflight = {"readOnly": 0, "mutating": 0}
@@ -496,6 +498,9 @@ class APIServer:
             response = endpoints.openapi_response(ctx, path)
             if response is not None:
                 return response
+        elif path in (issuerdiscovery.CONFIG_PATH, issuerdiscovery.JWKS_PATH):
+            if self.issuer_discovery is not None:
+                return self.issuer_discovery.handle(path)
         else:
             response = await self.health.handle(ctx, path)
             if response is not None:
