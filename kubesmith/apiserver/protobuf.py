@@ -160,7 +160,7 @@ MESSAGES: dict[str, dict[int, tuple]] = {
     "TokenRequest": {1: ("metadata", "ObjectMeta", ""), 2: ("spec", "TokenRequestSpec", ""),
                      3: ("status", "TokenRequestStatus", "")},
     "TokenRequestStatus": {1: ("token", S, ""), 2: ("expirationTimestamp", "Time", "")},
-    # --- workloads (what `kubectl create deployment|job|cronjob|service` write) ---------
+    # --- workloads (what `kubectl create deployment|job|cronjob|service|pdb` write) -----
     # Pod templates: the commonly set fields; any other field set to a non-zero value
     # makes the body unsupported (415) rather than silently lost.
     "PodTemplateSpec": {1: ("metadata", "ObjectMeta", ""), 2: ("spec", "PodSpec", "")},
@@ -216,6 +216,13 @@ MESSAGES: dict[str, dict[int, tuple]] = {
                     18: ("clusterIPs", S, R)},
     "ServicePort": {1: ("name", S, ""), 2: ("protocol", S, ""), 3: ("port", I32, ""),
                     4: ("targetPort", "IntOrString", ""), 5: ("nodePort", I32, "")},
+    "PodDisruptionBudget": {1: ("metadata", "ObjectMeta", ""),
+                            2: ("spec", "PodDisruptionBudgetSpec", ""),
+                            3: ("status", "Empty", "")},
+    "PodDisruptionBudgetSpec": {1: ("minAvailable", "IntOrString", ""),
+                                2: ("selector", "LabelSelector", ""),
+                                3: ("maxUnavailable", "IntOrString", ""),
+                                4: ("unhealthyPodEvictionPolicy", S, KEEP)},
     # A status the server resets anyway: only an all-zero one is accepted.
     "Empty": {},
     "TokenRequestSpec": {1: ("audiences", S, R), 3: ("boundObjectRef", "BoundObjectReference", ""),
@@ -242,6 +249,7 @@ KINDS = {
     ("authentication.k8s.io", "TokenRequest"),
     ("meta.k8s.io", "DeleteOptions"), ("", "DeleteOptions"),
     ("apps", "Deployment"), ("batch", "Job"), ("batch", "CronJob"), ("", "Service"),
+    ("policy", "PodDisruptionBudget"),
 }
 
 

@@ -85,6 +85,35 @@ def test_create_generators(kubectl):
     assert service["spec"]["ports"][0]["targetPort"] == 8080
     secret = json.loads(kubectl("get", "secret", "creds", "-n", ns, "-o", "json").stdout)
     assert secret["data"] == {"user": "YWRtaW4="}
+    # The other generators for kinds this server serves.
+    kubectl("create", "pdb", "web-min", "--selector=app=web", "--min-available=1", "-n", ns)
+    kubectl("create", "pdb", "web-max", "--selector=app=web", "--max-unavailable=50%",
+            "-n", ns)
+    kubectl("create", "quota", "small", "--hard=pods=5,requests.cpu=2",
+            "--scopes=NotTerminating", "-n", ns)
+    kubectl("create", "configmap", "settings", "--from-literal=a=1", "-n", ns)
+    kubectl("create", "secret", "docker-registry", "pull", "--docker-server=r.example",
+            "--docker-username=u", "--docker-password=p", "-n", ns)
+    kubectl("create", "service", "nodeport", "np", "--tcp=81:8081", "-n", ns)
+    kubectl("create", "service", "externalname", "ext", "--external-name=db.example", "-n", ns)
+    kubectl("create", "job", "once", "--image=busybox", "-n", ns, "--", "true")
+    kubectl("create", "cronjob", "nightly", "--image=busybox", "--schedule=0 3 * * *",
+            "-n", ns, "--", "true")
+    kubectl("create", "job", "now", "--from=cronjob/nightly", "-n", ns)
+    kubectl("create", "clusterrole", f"{ns}-viewer", "--verb=get", "--resource=pods")
+    kubectl("create", "clusterrolebinding", f"{ns}-viewer", f"--clusterrole={ns}-viewer",
+            f"--serviceaccount={ns}:robot")
+    pdbs = json.loads(kubectl("get", "pdb", "-n", ns, "-o", "json").stdout)["items"]
+    assert {p["metadata"]["name"]: (p["spec"].get("minAvailable"),
+                                    p["spec"].get("maxUnavailable")) for p in pdbs} == {
+        "web-min": (1, None), "web-max": (None, "50%")}
+    assert all(p["spec"]["selector"] == {"matchLabels": {"app": "web"}} for p in pdbs)
+    small = json.loads(kubectl("get", "quota", "small", "-n", ns, "-o", "json").stdout)
+    assert small["spec"] == {"hard": {"pods": "5", "requests.cpu": "2"},
+                             "scopes": ["NotTerminating"]}
+    now = json.loads(kubectl("get", "job", "now", "-n", ns, "-o", "json").stdout)
+    assert now["metadata"]["ownerReferences"][0]["name"] == "nightly"
+    kubectl("delete", "clusterrolebinding,clusterrole", f"{ns}-viewer")
     robot = f"--as=system:serviceaccount:{ns}:robot"
     assert kubectl("auth", "can-i", "list", "pods", "-n", ns, robot).stdout.strip() == "yes"
     denied = kubectl("auth", "can-i", "delete", "pods", "-n", ns, robot, check=False)
