@@ -23,7 +23,9 @@ class APIError(Exception):
                                 "status": "Failure", "message": self.message}
         if self.reason:
             body["reason"] = self.reason
-        if self.details:
+        if self.details is not None:
+            # Even empty: clients tell "no such endpoint" (details without a name) from
+            # "no such object" by it (kubectl debug, for one, reads details.name).
             body["details"] = self.details
         body["code"] = self.code
         return body
@@ -69,7 +71,7 @@ def not_found(resource: str, group: str, name: str) -> APIError:
 
 
 def path_not_found() -> APIError:
-    return APIError(404, "NotFound", "the server could not find the requested resource")
+    return APIError(404, "NotFound", "the server could not find the requested resource", {})
 
 
 def method_not_allowed(method: str, what: str) -> APIError:

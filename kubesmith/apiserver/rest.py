@@ -157,7 +157,7 @@ async def _subresource(srv: "APIServer", ctx: Ctx, target: Target, method: str):
     handler = special.SUBRESOURCES.get(sub)
     if handler is None:
         raise errors.APIError(404, "NotFound",
-                              f"the server does not serve {target.resource}/{sub} yet")
+                              f"the server does not serve {target.resource}/{sub} yet", {})
     return await handler(srv, ctx, target, method)
 
 

@@ -120,7 +120,7 @@ def test_create_generators(kubectl):
     assert denied.stdout.strip() == "no"
 
 
-def test_errors_as_kubectl_prints_them(kubectl):
+def test_errors_as_kubectl_prints_them(kubectl, cluster):
     result = kubectl("get", "cm", "nope", "-n", "default", check=False)
     assert 'configmaps "nope" not found' in result.stderr
     result = kubectl("create", "ns", "default", check=False)
@@ -129,6 +129,13 @@ def test_errors_as_kubectl_prints_them(kubectl):
     assert 'namespaces "no-such-namespace" not found' in result.stderr
     result = kubectl("delete", "ns", "kube-system", "--wait=false", check=False)
     assert "this namespace may not be deleted" in result.stderr
+    # An endpoint this server lacks is a 404 whose details name nothing: kubectl debug
+    # reads that as "ephemeral containers are disabled" (without details it crashed).
+    ns = cluster.new_namespace("debug-", default_service_account=True)
+    kubectl("run", "p", "-n", ns, "--image=busybox", "--restart=Never", "--", "sleep", "60")
+    result = kubectl("debug", "p", "-n", ns, "--image=busybox", "--", "true", check=False)
+    assert result.returncode != 0 and "panic" not in result.stderr, result.stderr
+    assert "ephemeral containers are disabled for this cluster" in result.stderr
 
 
 def test_discovery_commands(kubectl):
