@@ -42,12 +42,18 @@ async def _nothing():
     return None
 
 
-def test_release_reads_again_after_a_conflict():
-    store = LeaseStore("a")
+def leading_elector(store: LeaseStore) -> LeaderElector:
+    """Candidate "a", having seen the lease as the store holds it."""
     elector = LeaderElector(store, name="lock", namespace="ns", identity="a",
                             on_started_leading=_nothing, lease_duration=2,
                             renew_deadline=1.5, retry_period=0.2)
     elector._observe(store.lease["spec"])
+    return elector
+
+
+def test_release_reads_again_after_a_conflict():
+    store = LeaseStore("a")
+    elector = leading_elector(store)
     store.interfere = 2
     asyncio.run(elector._release())
     assert store.lease["spec"]["holderIdentity"] == ""
@@ -56,10 +62,7 @@ def test_release_reads_again_after_a_conflict():
 
 def test_release_leaves_a_lease_someone_else_holds():
     store = LeaseStore("a")
-    elector = LeaderElector(store, name="lock", namespace="ns", identity="a",
-                            on_started_leading=_nothing, lease_duration=2,
-                            renew_deadline=1.5, retry_period=0.2)
-    elector._observe(store.lease["spec"])
+    elector = leading_elector(store)
     store.lease["spec"]["holderIdentity"] = "b"
     asyncio.run(elector._release())
     assert store.lease["spec"]["holderIdentity"] == "b" and store.updates == 0
