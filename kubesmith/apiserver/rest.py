@@ -3,8 +3,8 @@
 get, list, watch, create, update (PUT), patch, delete and deletecollection, plus the
 status, scale and finalize subresources, all driven by `ResourceType`. Kind-specific
 behaviour lives in the registry (defaults, validation, columns, create/update hooks);
-the few true special cases (namespaces, pod bindings, reviews) are in special.py and
-reviews.py.
+the few true special cases (namespaces, pod bindings, reviews, component statuses) are in
+special.py, reviews.py and componentstatus.py.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from kubesmith.apiserver import (
     admission,
     allocators,
     apply as applying,
+    componentstatus,
     errors,
     fieldcheck,
     managedfields,
@@ -121,6 +122,10 @@ async def handle(srv: "APIServer", ctx: Ctx) -> web.StreamResponse:
     verb = info.verb
     if verb not in rt.verbs:
         raise errors.method_not_allowed(method, rt.plural)
+    computed = componentstatus.HANDLERS.get((rt.group, rt.plural))
+    if computed is not None:
+        # Read-only kinds computed per request (get and list are all their verbs).
+        return await computed(srv, ctx, target)
     if method in ("GET", "HEAD"):
         # A named path watches only through the legacy /watch/ prefix (verb "watch");
         # ?watch=1 on a named path is a plain get, as upstream serves it.

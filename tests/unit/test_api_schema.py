@@ -142,6 +142,13 @@ def test_v3_paths_carry_gvk_and_field_validation(rt):
     prefix = f"/{gv_path(rt.group, rt.version)}"
     collection = f"{prefix}/namespaces/{{namespace}}/{rt.plural}" if rt.namespaced \
         else f"{prefix}/{rt.plural}"
+    if set(rt.verbs) == {"get", "list"}:
+        # Read-only kinds (componentstatuses): reads only, each with the kind's GVK.
+        assert set(data["paths"][collection]) == {"get", "parameters"}
+        assert set(data["paths"][collection + "/{name}"]) == {"get", "parameters"}
+        for path in (collection, collection + "/{name}"):
+            assert data["paths"][path]["get"]["x-kubernetes-group-version-kind"] == gvk
+        return
     post = data["paths"][collection]["post"]
     assert post["x-kubernetes-group-version-kind"] == gvk
     names = {p["name"] for p in post["parameters"]}

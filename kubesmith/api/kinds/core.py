@@ -1170,3 +1170,32 @@ RESOURCE_QUOTAS = register(ResourceType(
     ),
     validator=_validate_resource_quota,
 ))
+
+
+# --- component statuses -------------------------------------------------------------------
+# Computed at request time by the API server (kubesmith/apiserver/componentstatus.py) and
+# never stored: get and list only.
+
+def _healthy_condition(obj: dict) -> dict:
+    for condition in obj.get("conditions") or ():
+        if isinstance(condition, dict) and condition.get("type") == "Healthy":
+            return condition
+    return {}
+
+
+def _component_health(obj: dict) -> str:
+    return "Healthy" if _healthy_condition(obj).get("status") == "True" else "Unhealthy"
+
+
+COMPONENT_STATUSES = register(ResourceType(
+    group="", version="v1", kind="ComponentStatus", plural="componentstatuses",
+    namespaced=False, short_names=("cs",), verbs=("get", "list"), table_age=False,
+    columns=(
+        Column("Status", "string", _component_health,
+               "Healthy when the component answered its health check"),
+        Column("Message", "string", lambda o: _healthy_condition(o).get("message", ""),
+               "What the component answered"),
+        Column("Error", "string", lambda o: _healthy_condition(o).get("error", ""),
+               "Why the health check failed"),
+    ),
+))
