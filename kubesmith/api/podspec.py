@@ -262,6 +262,25 @@ def _validate_resources(resources: Any, path: str) -> list[FieldError]:
     return errors
 
 
+# Fields an ephemeral container may not set: it must not be relied on for the pod's own
+# service (upstream lists the allowed fields; these are the container fields it leaves out).
+EPHEMERAL_FORBIDDEN_FIELDS = ("ports", "resources", "resizePolicy", "lifecycle",
+                              "livenessProbe", "readinessProbe", "startupProbe",
+                              "restartPolicy")
+EPHEMERAL_FORBIDDEN = "cannot be set for an Ephemeral Container"
+
+
+def _validate_ephemeral_only(container: Obj, path: str) -> list[FieldError]:
+    errors = [forbidden(f"{path}.{key}", EPHEMERAL_FORBIDDEN)
+              for key in EPHEMERAL_FORBIDDEN_FIELDS if container.get(key)]
+    for index, mount in enumerate(container.get("volumeMounts") or []):
+        if isinstance(mount, dict) and mount.get("subPath"):
+            # A subPath is a bind mount that outlives the container until the pod goes.
+            errors.append(forbidden(f"{path}.volumeMounts[{index}].subPath",
+                                    EPHEMERAL_FORBIDDEN))
+    return errors
+
+
 def _validate_container(container: Any, path: str, volumes: set[str], kind: str
                         ) -> list[FieldError]:
     errors: list[FieldError] = []
@@ -279,7 +298,9 @@ def _validate_container(container: Any, path: str, volumes: set[str], kind: str
     errors.extend(validate_enum(container.get("terminationMessagePolicy"),
                                 f"{path}.terminationMessagePolicy",
                                 TERMINATION_MESSAGE_POLICIES))
-    if container.get("restartPolicy") is not None:
+    if kind == "ephemeralContainers":
+        errors.extend(_validate_ephemeral_only(container, path))
+    elif container.get("restartPolicy") is not None:
         if kind != "initContainers":
             errors.append(forbidden(f"{path}.restartPolicy",
                                     "may not be set for non-init containers"))
@@ -413,6 +434,16 @@ def validate_pod_spec(spec: Any, path: str = "spec") -> list[FieldError]:
                 if name in names:
                     errors.append(duplicate(f"{cpath}.name", name))
                 names.add(name)
+    # An ephemeral container's target is a regular or init container of the pod.
+    targets = {c.get("name") for kind in ("containers", "initContainers")
+               for c in (spec.get(kind) if isinstance(spec.get(kind), list) else [])
+               if isinstance(c, dict)}
+    ephemerals = spec.get("ephemeralContainers")
+    for index, container in enumerate(ephemerals if isinstance(ephemerals, list) else []):
+        target = container.get("targetContainerName") if isinstance(container, dict) else None
+        if target and target not in targets:
+            errors.append(not_found(f"{path}.ephemeralContainers[{index}].targetContainerName",
+                                    target))
     errors.extend(validate_enum(spec.get("restartPolicy"), f"{path}.restartPolicy",
                                 RESTART_POLICIES, required_value=True))
     errors.extend(validate_enum(spec.get("dnsPolicy"), f"{path}.dnsPolicy", DNS_POLICIES,

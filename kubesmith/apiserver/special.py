@@ -4,7 +4,8 @@
     namespace controller empties it and calls .../finalize); spec.finalizers change
     only through finalize; the status phase is Active on create.
   * pods: graceful deletion (deletionTimestamp in the future; the kubelet removes the
-    pod), and pods/binding (the scheduler's assignment to a node).
+    pod), pods/binding (the scheduler's assignment to a node) and
+    pods/ephemeralcontainers (ephemeral.py: the only way to add a debug container).
   * scale: the autoscaling/v1 Scale view of any kind with a scale subresource.
   * create-only kinds: access and token reviews (reviews.py), bindings.
 """
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from kubesmith.api import validation
 from kubesmith.api.registry import ResourceType
-from kubesmith.apiserver import (errors, eviction, kubeletproxy, negotiation,
+from kubesmith.apiserver import (ephemeral, errors, eviction, kubeletproxy, negotiation,
                                  objectmeta, reviews, serviceaccount)
 from kubesmith.apiserver.context import Ctx, respond
 
@@ -51,6 +52,8 @@ def prepare_update(rt: ResourceType, subresource: str, new: Obj, old: Obj,
     if _is(rt, "", "services") and not subresource:
         from kubesmith.apiserver import allocators
         allocators.drop_type_dependent_fields(new, old)
+    if _is(rt, "", "pods"):
+        _prepare_pod_update(subresource, new, old)
     if _is(rt, "", "namespaces"):
         # spec.finalizers change only through .../finalize.
         source = requested_spec if subresource == "finalize" else old.get("spec")
@@ -62,6 +65,25 @@ def prepare_update(rt: ResourceType, subresource: str, new: Obj, old: Obj,
             spec["finalizers"] = copy.deepcopy(finalizers)
         else:
             spec.pop("finalizers", None)
+
+
+def _prepare_pod_update(subresource: str, new: Obj, old: Obj) -> None:
+    """Ephemeral containers are added only through pods/ephemeralcontainers, and there
+    only added: an existing one is neither removed nor changed."""
+    if subresource == ephemeral.SUBRESOURCE:
+        ephemeral.check_update(new, old)
+        return
+    if subresource:
+        return
+    new_items = (new.get("spec") or {}).get("ephemeralContainers") or []
+    if new_items != ((old.get("spec") or {}).get("ephemeralContainers") or []):
+        raise errors.invalid("Pod", "", (new.get("metadata") or {}).get("name", ""), [
+            validation.forbidden("spec", "pod updates may not change fields other than "
+                                 "`spec.containers[*].image`, `spec.initContainers[*].image`, "
+                                 "`spec.activeDeadlineSeconds`, `spec.tolerations` (only "
+                                 "additions to existing tolerations), "
+                                 "`spec.terminationGracePeriodSeconds`; changed: "
+                                 "spec.ephemeralContainers")])
 
 
 def should_delete_on_update(rt: ResourceType, obj: Obj) -> bool:
@@ -274,6 +296,7 @@ SUBRESOURCES = {
     "eviction": eviction.evict,
     **kubeletproxy.SUBRESOURCES,
     "token": serviceaccount.token_request,
+    ephemeral.SUBRESOURCE: ephemeral.serve,
 }
 
 

@@ -129,13 +129,14 @@ def test_errors_as_kubectl_prints_them(kubectl, cluster):
     assert 'namespaces "no-such-namespace" not found' in result.stderr
     result = kubectl("delete", "ns", "kube-system", "--wait=false", check=False)
     assert "this namespace may not be deleted" in result.stderr
-    # An endpoint this server lacks is a 404 whose details name nothing: kubectl debug
-    # reads that as "ephemeral containers are disabled" (without details it crashed).
+    # kubectl debug adds an ephemeral container through pods/ephemeralcontainers.
     ns = cluster.new_namespace("debug-", default_service_account=True)
     kubectl("run", "p", "-n", ns, "--image=busybox", "--restart=Never", "--", "sleep", "60")
-    result = kubectl("debug", "p", "-n", ns, "--image=busybox", "--", "true", check=False)
-    assert result.returncode != 0 and "panic" not in result.stderr, result.stderr
-    assert "ephemeral containers are disabled for this cluster" in result.stderr
+    result = kubectl("debug", "p", "-n", ns, "--image=busybox", "-c", "dbg", "--", "true",
+                     check=False)
+    assert result.returncode == 0 and "panic" not in result.stderr, result.stderr
+    pod = json.loads(kubectl("get", "pod", "p", "-n", ns, "-o", "json").stdout)
+    assert [c["name"] for c in pod["spec"]["ephemeralContainers"]] == ["dbg"]
 
 
 def test_discovery_commands(kubectl):
