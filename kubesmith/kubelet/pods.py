@@ -71,6 +71,7 @@ MAX_TERMINATION_MESSAGE = 4096
 FALLBACK_LOG_LINES = 80
 RELIST_PERIOD = 1.0
 RETRY_AFTER_ERROR = 2.0
+CREATE_CONFIG_ERROR = "CreateContainerConfigError"
 LOCAL_REGISTRY = "kubesmith.local"   # images built and imported locally: never pulled
 CONFIG_SOURCE_ANNOTATION = "kubernetes.io/config.source"
 
@@ -188,6 +189,9 @@ def container_field_path(pod: Obj, name: str) -> str:
     for index, container in enumerate(_spec(pod).get("initContainers") or []):
         if container.get("name") == name:
             return f"spec.initContainers{{{name}}}"
+    for container in _spec(pod).get("ephemeralContainers") or []:
+        if container.get("name") == name:
+            return f"spec.ephemeralContainers{{{name}}}"
     return ""
 
 
@@ -446,8 +450,13 @@ class PodWorkers:
             state.pod_ips = [host_ip] if host_ip else []
         log.debug("pod %s: volumes and sandbox after %.3fs", pod_full_name(pod),
                   time.monotonic() - began)
-        # 3. and 4. containers
+        # 3. and 4. containers; ephemeral ones first, as upstream, so that a pod stuck on
+        # an init container can still be debugged
         runtime = await self.pod_runtime(uid, state)
+        for container in _spec(pod).get("ephemeralContainers") or []:
+            wait = await self._sync_ephemeral(uid, state, container, runtime)
+            if wait:
+                next_look.append(wait)
         policy = _spec(pod).get("restartPolicy") or "Always"
         initialized = True
         for container in _spec(pod).get("initContainers") or []:
@@ -531,6 +540,24 @@ class PodWorkers:
         elif latest is not None and latest.state == "unknown":
             return None
         return await self._start_container(uid, state, container, runtime, init=init)
+
+    async def _sync_ephemeral(self, uid: str, state: _Pod, container: Obj,
+                              runtime: PodRuntime) -> float | None:
+        """Start an ephemeral container once: it is never restarted, whatever its exit
+        (as upstream), and one the runtime already has is left alone."""
+        if runtime.latest(container.get("name", "")) is not None:
+            return None
+        target_id = ""
+        target = container.get("targetContainerName")
+        if target:
+            found = runtime.latest(target)
+            if found is None or found.state != "running":
+                state.waiting[container.get("name", "")] = (
+                    CREATE_CONFIG_ERROR, f"target container {target!r} is not running")
+                return RETRY_AFTER_ERROR
+            target_id = found.id
+        return await self._start_container(uid, state, container, runtime, init=False,
+                                           ephemeral=True, target_id=target_id)
 
     # --- sandbox ----------------------------------------------------------------------
 
@@ -759,7 +786,8 @@ class PodWorkers:
                     raise
 
     async def _start_container(self, uid: str, state: _Pod, container: Obj,
-                               runtime: PodRuntime, *, init: bool) -> float | None:
+                               runtime: PodRuntime, *, init: bool, ephemeral: bool = False,
+                               target_id: str = "") -> float | None:
         """Create and start one container (a restart when an earlier one exited);
         seconds until it is worth trying again when it could not be started."""
         pod, name = state.pod, container.get("name", "")
@@ -800,7 +828,8 @@ class PodWorkers:
             config = cri_config.container_config(pod, container, self.settings,
                                                  attempt=restart_count, image_ref=image_id,
                                                  envs=envs, mounts=mounts, init=init,
-                                                 image=image)
+                                                 image=image, ephemeral=ephemeral,
+                                                 target_id=target_id)
         except (EnvError, VolumeError, cri_config.ContainerConfigError, OSError,
                 ValueError) as exc:
             message = str(exc)

@@ -39,7 +39,7 @@ POD_NAME_LABEL = "io.kubernetes.pod.name"
 POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 POD_UID_LABEL = "io.kubernetes.pod.uid"
 CONTAINER_NAME_LABEL = "io.kubernetes.container.name"
-CONTAINER_TYPE_LABEL = "io.kubernetes.container.type"     # not upstream: init or app
+CONTAINER_TYPE_LABEL = "io.kubernetes.container.type"     # not upstream: init, app, ephemeral
 KUBERNETES_MANAGED_LABEL = "io.cri-containerd.kind"       # set by containerd itself
 HASH_ANNOTATION = "io.kubernetes.container.hash"
 RESTART_COUNT_ANNOTATION = "io.kubernetes.container.restartCount"
@@ -411,11 +411,13 @@ def container_hash(container: Obj) -> str:
     return format(int(hashlib.sha256(text.encode()).hexdigest()[:8], 16), "x")
 
 
-def container_labels(pod: Obj, container: Obj, init: bool = False) -> dict[str, str]:
+def container_labels(pod: Obj, container: Obj, init: bool = False,
+                     ephemeral: bool = False) -> dict[str, str]:
     meta = _meta(pod)
+    kind = "init" if init else "ephemeral" if ephemeral else "app"
     return {POD_NAME_LABEL: meta.get("name", ""), POD_NAMESPACE_LABEL: meta.get("namespace", ""),
             POD_UID_LABEL: meta.get("uid", ""), CONTAINER_NAME_LABEL: container.get("name", ""),
-            CONTAINER_TYPE_LABEL: "init" if init else "app"}
+            CONTAINER_TYPE_LABEL: kind}
 
 
 def container_annotations(pod: Obj, container: Obj, restart_count: int) -> dict[str, str]:
@@ -501,8 +503,13 @@ def container_security(pod: Obj, container: Obj, namespaces: api.NamespaceOption
 def container_config(pod: Obj, container: Obj, settings: RuntimeSettings, *,
                      attempt: int, image_ref: str, envs: list[api.KeyValue],
                      mounts: list[api.Mount], init: bool = False,
-                     image: api.Image | None = None) -> api.ContainerConfig:
-    """One container's CreateContainer config; raises ContainerConfigError."""
+                     image: api.Image | None = None, ephemeral: bool = False,
+                     target_id: str = "") -> api.ContainerConfig:
+    """One container's CreateContainer config; raises ContainerConfigError.
+
+    `target_id`: the runtime id of an ephemeral container's targetContainerName, whose
+    process namespace it joins (upstream's CRI NamespaceMode TARGET) so that a debug
+    container sees the target's processes."""
     check_run_as_non_root(pod, container, image)
     spec = _spec(pod)
     env = {kv.key: kv.value for kv in envs}
@@ -511,6 +518,9 @@ def container_config(pod: Obj, container: Obj, settings: RuntimeSettings, *,
         pid=api.NODE if spec.get("hostPID") else (
             api.POD if spec.get("shareProcessNamespace") else api.CONTAINER),
         ipc=api.NODE if spec.get("hostIPC") else api.POD)
+    if target_id and namespaces.pid == api.CONTAINER:
+        namespaces.pid = api.TARGET
+        namespaces.target_id = target_id
     config = api.ContainerConfig(
         metadata=api.ContainerMetadata(name=container.get("name", ""), attempt=attempt),
         image=api.ImageSpec(image=image_ref, user_specified_image=container.get("image", "")),
@@ -519,7 +529,7 @@ def container_config(pod: Obj, container: Obj, settings: RuntimeSettings, *,
         working_dir=container.get("workingDir") or "",
         envs=envs,
         mounts=mounts,
-        labels=container_labels(pod, container, init),
+        labels=container_labels(pod, container, init, ephemeral),
         annotations=container_annotations(pod, container, attempt),
         log_path=container_log_path(container.get("name", ""), attempt),
         stdin=bool(container.get("stdin")),

@@ -264,6 +264,11 @@ def pod_status(pod: Obj, runtime: PodRuntime, *, host_ip: str,
             container, runtime, waiting=waiting.get(name),
             default_reason=CREATING if initialized else INITIALIZING,
             ready=ready(name), started=started(name)))
+    # Ephemeral containers: never ready, never part of the phase or the conditions.
+    ephemeral_statuses = [
+        container_status(container, runtime, waiting=waiting.get(container.get("name", "")),
+                         default_reason=CREATING, ready=False, started=None)
+        for container in spec.get("ephemeralContainers") or []]
     phase = pod_phase(pod, statuses, init_statuses, initialized)
     for seen in (current, base):
         if seen.get("phase") in TERMINAL_PHASES:
@@ -322,6 +327,8 @@ def pod_status(pod: Obj, runtime: PodRuntime, *, host_ip: str,
                    "containerStatuses": statuses}
     if spec.get("initContainers"):
         status["initContainerStatuses"] = init_statuses
+    if ephemeral_statuses:
+        status["ephemeralContainerStatuses"] = ephemeral_statuses
     pod_ips = runtime.pod_ips if not spec.get("hostNetwork") else ([host_ip] if host_ip else [])
     if not pod_ips and current.get("podIP"):
         pod_ips = [ip.get("ip") for ip in current.get("podIPs") or []] or [current["podIP"]]
