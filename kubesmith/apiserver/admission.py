@@ -141,6 +141,8 @@ def build(enabled: list[str], get_namespace: NamespaceGetter, server=None) -> Ch
         from kubesmith.apiserver import noderestriction, serviceaccount
         available["ServiceAccount"] = lambda: serviceaccount.ServiceAccountAdmission(server)
         available["NodeRestriction"] = lambda: noderestriction.NodeRestriction(server)
+        from kubesmith.apiserver import priority
+        available["Priority"] = lambda: priority.Priority(priority.StoredPriorityClasses(server))
     if server is not None:
         options = server.options
         available["DefaultTolerationSeconds"] = lambda: DefaultTolerationSeconds(

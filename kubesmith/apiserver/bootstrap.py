@@ -1,5 +1,6 @@
 """What the API server creates at startup when it is absent: the system namespaces, the
-default RBAC policy, and the `kubernetes` Service in default (with its Endpoints).
+default RBAC policy, the system priority classes, and the `kubernetes` Service in default
+(with its Endpoints).
 
 Objects are created when absent and never overwritten. Default roles and bindings that
 still carry rbac.authorization.kubernetes.io/autoupdate "true" are reconciled as
@@ -13,6 +14,7 @@ import ipaddress
 import logging
 from typing import TYPE_CHECKING
 
+from kubesmith.api.kinds.scheduling import SYSTEM_PRIORITY_CLASSES
 from kubesmith.api.registry import REGISTRY
 from kubesmith.apiserver import bootstrap_policy, errors, rest
 
@@ -62,6 +64,13 @@ async def rbac(srv: "APIServer") -> None:
         for obj in objects:
             if not await ensure(srv, RBAC, plural, obj):
                 await _reconcile(srv, plural, obj)
+
+
+async def priority_classes(srv: "APIServer") -> None:
+    """system-node-critical and system-cluster-critical, which system pods name; upstream
+    creates them at every start, so one removed by hand in etcd comes back."""
+    for obj in SYSTEM_PRIORITY_CLASSES.values():
+        await ensure(srv, "scheduling.k8s.io", "priorityclasses", obj)
 
 
 AUTOUPDATE = "rbac.authorization.kubernetes.io/autoupdate"

@@ -223,6 +223,10 @@ MESSAGES: dict[str, dict[int, tuple]] = {
                                 2: ("selector", "LabelSelector", ""),
                                 3: ("maxUnavailable", "IntOrString", ""),
                                 4: ("unhealthyPodEvictionPolicy", S, KEEP)},
+    # value is required upstream: kept even when 0, which Go's encoder always writes.
+    "PriorityClass": {1: ("metadata", "ObjectMeta", ""), 2: ("value", I32, KEEP),
+                      3: ("globalDefault", BOOL, ""), 4: ("description", S, ""),
+                      5: ("preemptionPolicy", S, KEEP)},
     # A status the server resets anyway: only an all-zero one is accepted.
     "Empty": {},
     "TokenRequestSpec": {1: ("audiences", S, R), 3: ("boundObjectRef", "BoundObjectReference", ""),
@@ -249,7 +253,7 @@ KINDS = {
     ("authentication.k8s.io", "TokenRequest"),
     ("meta.k8s.io", "DeleteOptions"), ("", "DeleteOptions"),
     ("apps", "Deployment"), ("batch", "Job"), ("batch", "CronJob"), ("", "Service"),
-    ("policy", "PodDisruptionBudget"),
+    ("policy", "PodDisruptionBudget"), ("scheduling.k8s.io", "PriorityClass"),
 }
 
 

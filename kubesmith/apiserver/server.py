@@ -515,6 +515,7 @@ class APIServer:
             try:
                 await bootstrap.namespaces(self)
                 await bootstrap.rbac(self)
+                await bootstrap.priority_classes(self)
                 await allocators.repair(self)
                 await bootstrap.kubernetes_service(self)
                 self.bootstrapped.set()

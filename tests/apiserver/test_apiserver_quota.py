@@ -194,7 +194,21 @@ def test_terminating_and_not_terminating_scopes(cluster, ns):
     wait_used(cluster, ns, "long", "pods", "1")
 
 
-def test_priority_class_scope_selector(cluster, ns):
+@pytest.fixture
+def priority_classes(cluster):
+    """The classes the pods below name (the Priority admission plugin refuses unknown ones)."""
+    path = "/apis/scheduling.k8s.io/v1/priorityclasses"
+    for name, value in (("high", 1000), ("low", 10)):
+        answer = cluster.request("POST", path, {
+            "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+            "metadata": {"name": name}, "value": value})
+        assert answer.status in (201, 409), answer.body
+    yield
+    for name in ("high", "low"):
+        cluster.request("DELETE", f"{path}/{name}")
+
+
+def test_priority_class_scope_selector(cluster, ns, priority_classes):
     assert post(cluster, ns, "resourcequotas", scoped_quota(
         "high", {"pods": "1"}, expressions=[{"scopeName": "PriorityClass", "operator": "In",
                                              "values": ["high"]}])).status == 201

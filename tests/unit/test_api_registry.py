@@ -101,7 +101,8 @@ def test_storage_keys_follow_upstream_layout():
 def test_group_order_matches_upstream_discovery():
     assert list(REGISTRY.group_versions()) == [
         "", "apps", "events.k8s.io", "authentication.k8s.io", "authorization.k8s.io", "batch",
-        "policy", "rbac.authorization.k8s.io", "coordination.k8s.io", "discovery.k8s.io"]
+        "policy", "rbac.authorization.k8s.io", "scheduling.k8s.io", "coordination.k8s.io",
+        "discovery.k8s.io"]
 
 
 def test_subresource_details():

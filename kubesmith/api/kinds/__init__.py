@@ -11,5 +11,6 @@ from kubesmith.api.kinds import authorization  # noqa: F401
 from kubesmith.api.kinds import batch  # noqa: F401
 from kubesmith.api.kinds import policy  # noqa: F401
 from kubesmith.api.kinds import rbac  # noqa: F401
+from kubesmith.api.kinds import scheduling  # noqa: F401
 from kubesmith.api.kinds import coordination  # noqa: F401
 from kubesmith.api.kinds import discovery  # noqa: F401
