@@ -152,8 +152,8 @@ def default_pod(obj: Obj) -> None:
     spec = obj.setdefault("spec", {})
     default_pod_spec(spec)
     spec.setdefault("enableServiceLinks", True)
-    spec.setdefault("priority", 0)
-    spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
+    # priority and preemptionPolicy are not defaults: the Priority admission plugin sets
+    # them from the pod's PriorityClass, and refuses a pod that names other values.
     # The deprecated serviceAccount mirrors serviceAccountName (upstream's conversion).
     if spec.get("serviceAccountName") and not spec.get("serviceAccount"):
         spec["serviceAccount"] = spec["serviceAccountName"]

@@ -7,9 +7,8 @@ refused with 403. On priority class create and update it keeps globalDefault uni
 and it refuses deleting the two system classes (upstream refuses that in the class
 storage; kubesmith's generic storage has no per-kind delete hook).
 
-Pod defaulting (kubesmith/api/podspec.py) already fills priority 0 and
-PreemptLowerPriority before admission runs, so those two values cannot be told apart
-from values the client wrote: they are treated as not given.
+Pod defaulting leaves both fields alone (as upstream's), so a value in the request is
+the client's own.
 """
 from __future__ import annotations
 
@@ -141,7 +140,7 @@ class Priority(admission.Plugin):
             else:
                 priority, policy = DEFAULT_PRIORITY, DEFAULT_PREEMPTION_POLICY
         given = spec.get("priority")
-        if given is not None and given != priority and given != DEFAULT_PRIORITY:
+        if given is not None and given != priority:
             raise errors.forbidden(
                 "pods", "", request.name,
                 f"the integer value of priority ({given}) must not be provided in pod spec; "
@@ -150,8 +149,7 @@ class Priority(admission.Plugin):
         spec["priority"] = priority
         if policy:
             given_policy = spec.get("preemptionPolicy")
-            if given_policy and given_policy != policy and \
-                    given_policy != DEFAULT_PREEMPTION_POLICY:
+            if given_policy and given_policy != policy:
                 raise errors.forbidden(
                     "pods", "", request.name,
                     f"the string value of PreemptionPolicy ({given_policy}) must not be "
@@ -166,11 +164,11 @@ def _is_pods(request: admission.Request) -> bool:
 
 def _keep_priority(new: dict, old: dict) -> None:
     """An update that leaves out the priority keeps the one admission computed at create
-    (a defaulted 0 counts as left out: pod specs cannot change it anyway)."""
+    (a different one is refused by the pod's update validation)."""
     new_spec, old_spec = new.setdefault("spec", {}), old.get("spec") or {}
     old_priority = old_spec.get("priority")
-    if old_priority is not None and new_spec.get("priority") in (None, DEFAULT_PRIORITY):
+    if old_priority is not None and new_spec.get("priority") is None:
         new_spec["priority"] = old_priority
     old_policy = old_spec.get("preemptionPolicy")
-    if old_policy and new_spec.get("preemptionPolicy") in (None, "", DEFAULT_PREEMPTION_POLICY):
+    if old_policy and not new_spec.get("preemptionPolicy"):
         new_spec["preemptionPolicy"] = old_policy

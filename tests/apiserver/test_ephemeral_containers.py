@@ -121,6 +121,16 @@ def test_main_resource_cannot_add_them(cluster, ns):
     assert _ephemeral(cluster, ns) == []
 
 
+def test_a_pod_cannot_be_created_with_them(cluster, ns):
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "born-with"},
+            "spec": {"containers": [{"name": "app", "image": "busybox"}],
+                     "ephemeralContainers": [_debug("dbg")]}}
+    answer = cluster.request("POST", PODS.format(ns=ns), body)
+    assert answer.status == 422, answer.body
+    assert "spec.ephemeralContainers: Forbidden: cannot be set on create" in \
+        answer.json()["message"]
+
+
 def test_discovery_lists_the_subresource(cluster):
     resources = cluster.request("GET", "/api/v1").json()["resources"]
     entry = next(r for r in resources if r["name"] == "pods/ephemeralcontainers")

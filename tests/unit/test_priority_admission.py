@@ -32,9 +32,7 @@ def _pc(name, value, **fields):
 
 
 def _pod(name="p", **spec):
-    # As the server hands it to admission: already defaulted.
-    return {"metadata": {"name": name, "namespace": "ns"},
-            "spec": {"priority": 0, "preemptionPolicy": "PreemptLowerPriority", **spec}}
+    return {"metadata": {"name": name, "namespace": "ns"}, "spec": dict(spec)}
 
 
 def _run(plugin, operation, rt, obj, old=None, name=None, subresource=""):
@@ -178,3 +176,11 @@ def test_priority_class_validation():
         "value: Forbidden: may not be changed in an update."]
     assert problems(full("p", 1, preemptionPolicy="Never"), old) == [
         'preemptionPolicy: Invalid value: "Never": field is immutable']
+
+
+def test_an_explicit_zero_priority_differing_from_the_class_is_forbidden():
+    plugin = Priority(FakeClasses(_pc("high", 1000)))
+    with pytest.raises(errors.APIError) as caught:
+        _run(plugin, admission.CREATE, PODS, _pod(priorityClassName="high", priority=0))
+    assert caught.value.code == 403
+    assert "the integer value of priority (0)" in caught.value.message

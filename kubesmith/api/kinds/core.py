@@ -359,6 +359,9 @@ def _validate_pod(obj: dict, old: dict | None) -> list[FieldError]:
     errors = validate_pod_spec(obj.get("spec"))
     if old is not None:
         errors.extend(validate_pod_spec_update(obj.get("spec"), old.get("spec")))
+    elif _get(obj, "spec", "ephemeralContainers"):
+        # They join a running pod through pods/ephemeralcontainers, never with it.
+        errors.append(forbidden("spec.ephemeralContainers", "cannot be set on create"))
     phase = _get(obj, "status", "phase")
     if phase:
         errors.extend(validate_enum(phase, "status.phase",
