@@ -57,14 +57,7 @@ class StoredPriorityClasses:
 
     async def get(self, name: str) -> dict | None:
         rt = self._rt()
-        key = rt.storage_key(None, name)
-        cache = self._cache(rt)
-        if cache is not None:
-            obj = cache.get(key)
-            if obj is not None:
-                return obj
-        kv = await self.srv.store.get(key)
-        return self.srv.storage.for_type(rt).decode(kv) if kv is not None else None
+        return await self.srv.read_object(rt, rt.storage_key(None, name))
 
     async def list(self, *, fresh: bool = False) -> list[dict]:
         rt = self._rt()
@@ -141,21 +134,22 @@ class Priority(admission.Plugin):
                 priority, policy = DEFAULT_PRIORITY, DEFAULT_PREEMPTION_POLICY
         given = spec.get("priority")
         if given is not None and given != priority:
-            raise errors.forbidden(
-                "pods", "", request.name,
-                f"the integer value of priority ({given}) must not be provided in pod spec; "
-                f"priority admission controller computed {priority} from the given "
-                "PriorityClass name")
+            raise _not_computed(request, "integer value of priority", given, priority)
         spec["priority"] = priority
         if policy:
             given_policy = spec.get("preemptionPolicy")
             if given_policy and given_policy != policy:
-                raise errors.forbidden(
-                    "pods", "", request.name,
-                    f"the string value of PreemptionPolicy ({given_policy}) must not be "
-                    f"provided in pod spec; priority admission controller computed {policy} "
-                    "from the given PriorityClass name")
+                raise _not_computed(request, "string value of PreemptionPolicy",
+                                    given_policy, policy)
             spec["preemptionPolicy"] = policy
+
+
+def _not_computed(request: admission.Request, what: str, given, computed) -> errors.APIError:
+    """Upstream's refusal of a pod naming a value other than the one its class gives."""
+    return errors.forbidden(
+        "pods", "", request.name,
+        f"the {what} ({given}) must not be provided in pod spec; priority admission "
+        f"controller computed {computed} from the given PriorityClass name")
 
 
 def _is_pods(request: admission.Request) -> bool:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import ssl
 import time
-from typing import Any
+from typing import Any, Callable
 
 from aiohttp import web
 
@@ -268,17 +268,23 @@ class APIServer:
     async def current_revision(self, prefix: bytes) -> int:
         return (await self.store.range(prefix, limit=1, keys_only=True)).revision
 
-    async def get_namespace(self, name: str) -> dict | None:
-        rt = REGISTRY.get("", "v1", "namespaces")
-        key = rt.storage_key(None, name)
-        cache = self.caches.get(rt.storage_prefix())
-        if cache is not None and cache.ready.is_set():
-            obj = cache.get(key)
-            if obj is not None:
-                return obj
-        # Not cached (yet): ask etcd, a namespace created a moment ago must count.
+    async def read_object(self, rt: ResourceType, key: bytes,
+                          accept: Callable[[dict], bool] | None = None) -> dict | None:
+        """An object by storage key, for the server's own checks: from the kind's synced
+        watch cache when it holds it (and `accept` takes it), else from etcd, so an
+        object created a moment ago is found."""
+        if self.options.watch_cache:
+            cache = self.cache_for(rt)
+            if cache.ready.is_set():
+                obj = cache.get(key)
+                if obj is not None and (accept is None or accept(obj)):
+                    return obj
         kv = await self.store.get(key)
         return self.storage.for_type(rt).decode(kv) if kv is not None else None
+
+    async def get_namespace(self, name: str) -> dict | None:
+        rt = REGISTRY.get("", "v1", "namespaces")
+        return await self.read_object(rt, rt.storage_key(None, name))
 
     # --- request pipeline ----------------------------------------------------------
 

@@ -111,17 +111,10 @@ class Objects:
 
     async def get(self, plural: str, namespace: str, name: str, uid: str = "") -> Obj | None:
         rt = REGISTRY.get("", "v1", plural)
-        key = rt.storage_key(namespace or None, name)
-        srv = self.srv
-        storage = srv.storage.for_type(rt)
-        if srv.options.watch_cache:
-            cache = srv.cache_for(rt)
-            if cache.ready.is_set():
-                obj = cache.get(key)
-                if obj is not None and (not uid or _uid(obj) == uid):
-                    return to_type(rt, storage, obj)
-        kv = await srv.store.get(key)
-        return to_type(rt, storage, storage.decode(kv)) if kv is not None else None
+        # A cached copy of another uid may be stale: then etcd answers.
+        obj = await self.srv.read_object(rt, rt.storage_key(namespace or None, name),
+                                         lambda cached: not uid or _uid(cached) == uid)
+        return to_type(rt, self.srv.storage.for_type(rt), obj) if obj is not None else None
 
 
 # --- issuing -----------------------------------------------------------------------------
