@@ -17,17 +17,6 @@ BUILDS = kubectl_builds()
 pytestmark = pytest.mark.skipif(not BUILDS, reason="no kubectl on this machine")
 
 
-@pytest.fixture(params=sorted(BUILDS), ids=lambda v: f"kubectl-{v}")
-def kubectl(request, cluster):
-    binary = BUILDS[request.param]
-
-    def run(*args, **kwargs):
-        return cluster.kubectl(*args, binary=binary, **kwargs)
-    run.version = request.param
-    run.binary = binary
-    return run
-
-
 def _ns(kubectl) -> str:
     return "kv-" + kubectl.version.replace(".", "-")
 

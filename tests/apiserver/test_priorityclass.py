@@ -175,16 +175,6 @@ def test_default_class_applies_to_pods_without_one(cluster, classes, namespace):
 
 # --- the real kubectl ----------------------------------------------------------------------
 
-@pytest.fixture(params=sorted(BUILDS), ids=lambda v: f"kubectl-{v}")
-def kubectl(request, cluster):
-    binary = BUILDS[request.param]
-
-    def run(*args, **kwargs):
-        return cluster.kubectl(*args, binary=binary, **kwargs)
-    run.version = request.param
-    return run
-
-
 @pytest.mark.skipif(not BUILDS, reason="no kubectl on this machine")
 def test_kubectl_create_and_get_priorityclass(cluster, kubectl):
     name = "high-" + kubectl.version.replace(".", "-")
