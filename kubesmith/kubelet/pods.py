@@ -833,7 +833,7 @@ class PodWorkers:
         except (EnvError, VolumeError, cri_config.ContainerConfigError, OSError,
                 ValueError) as exc:
             message = str(exc)
-            state.waiting[name] = ("CreateContainerConfigError", message)
+            state.waiting[name] = (CREATE_CONFIG_ERROR, message)
             self.deps.recorder.emit(pod, WARNING, "Failed", f"Error: {message}",
                                     field_path=field_path)
             return RETRY_AFTER_ERROR * 5
